@@ -1,0 +1,16 @@
+"""Placeholder for the ``scan`` subcommand (being written)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("scan", help="(not yet available)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("popwatch: scan: not yet available")
+    return 69
