@@ -13,6 +13,8 @@ Contract of every implementation:
 ``delete(ip)``   True when something was removed, False when it was not there.
 ``items()``      (ip, stamp) for every well-formed entry, in no particular order; entries whose
                  key or value is not ours are skipped with a warning, never raised.
+``clear()``      remove every entry, malformed ones included (``load`` rebuilds the table
+                 in place with it); returns how many keys were removed.
 ``map_key(ip)``  the key text as the MTA sees it (prefix included, no NUL): what ``list`` and
                  ``dump`` print so that their output feeds ``makemap hash``/``postmap``.
 ``batch()``      context manager: one exclusive lock, many changes, one sync, one mtime step.
@@ -20,6 +22,10 @@ Contract of every implementation:
 
 A database that cannot be opened, locked, read or written raises
 :class:`popwatch.errors.StoreError` - never a backend exception.
+
+``open_store(path, options)`` returns the Berkeley DB implementation
+(:mod:`popwatch.store.bdb`, the only module that imports ``berkeleydb``);
+:mod:`popwatch.store.memory` and :mod:`popwatch.store.failing` hold the test doubles.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from popwatch.errors import StoreError
 
+if TYPE_CHECKING:
+    from popwatch.config import Config
+
 KeyFormat = Literal["sendmail", "postfix"]
 
-__all__ = ["KeyFormat", "Store", "StoreError", "StoreOptions", "TableView"]
+__all__ = ["KeyFormat", "Store", "StoreError", "StoreOptions", "TableView", "open_store"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,15 @@ class StoreOptions:
     """How keys are written.  ``key_format`` applies to new or empty files only: an existing
     file keeps the form it already holds (never mixed)."""
 
-    key_format: KeyFormat = "sendmail"  # sendmail: no trailing NUL (makemap); postfix: NUL (postmap)
-    key_prefix: str = ""  # e.g. "POP:" for sendmail popauth-style rulesets
-    ipv6_prefix: str = ""  # "IPv6:" for sendmail, whose ${client_addr} has that form
+    key_format: KeyFormat = "sendmail"  # sendmail: no NUL (makemap); postfix: NUL (postmap)
+    key_prefix: str = ""  # e.g. "POP:" for sendmail popauth-style rulesets (written lowercase)
+    ipv6_prefix: str = ""  # "IPv6:" for sendmail, whose ${client_addr} has that form (lowercase)
     lock_timeout: float = 30.0  # seconds to wait for an MTA's shared lock before StoreError
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StoreOptions:
+        fmt: KeyFormat = "postfix" if cfg.key_format == "postfix" else "sendmail"
+        return cls(fmt, cfg.key_prefix, cfg.ipv6_prefix, cfg.lock_timeout)
 
 
 class TableView(Protocol):
@@ -55,6 +69,7 @@ class TableView(Protocol):
     def put(self, ip: str, stamp: int) -> None: ...
     def delete(self, ip: str) -> bool: ...
     def items(self) -> Iterator[tuple[str, int]]: ...
+    def clear(self) -> int: ...
 
 
 class Store(TableView, Protocol):
@@ -65,3 +80,15 @@ class Store(TableView, Protocol):
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
     def __exit__(self, *exc: object) -> None: ...
+
+
+def open_store(path: Path, options: StoreOptions | None = None, *, create: bool = True) -> Store:
+    """The Berkeley DB hash table at ``path``; StoreError when it cannot be used.
+
+    With ``create`` a missing or zero-length file becomes an empty table (the MTA can read it
+    at once); without, a missing file is a StoreError.  An existing file is checked to be a
+    Berkeley DB hash file before this returns.
+    """
+    from popwatch.store.bdb import BdbStore  # the backend is imported only when used
+
+    return BdbStore(path, options or StoreOptions(), create=create)
