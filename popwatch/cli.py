@@ -53,11 +53,25 @@ sendmail.
 """
 
 
+class _Exit(Exception):
+    """argparse finished on its own (--help, --version): return this status from main()."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (exit 64) instead of exiting with status 2."""
+    """argparse that raises UsageError (exit 64) instead of exiting with status 2, and never
+    calls sys.exit itself, so that main() always returns."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EX_USAGE
         setup_logging(args.verbose)
         return int(args.func(args))
+    except _Exit as done:
+        return done.status
     except UsageError as err:
         return fatal(str(err), EX_USAGE)
     except ConfigError as err:
@@ -127,11 +143,24 @@ def setup_logging(verbosity: int) -> None:
     """Log to stderr; called by main(), never at import time."""
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger("popwatch")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("popwatch: %(levelname)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the record, not at set-up time (tests
+    and daemons replace sys.stderr)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def main_entry() -> NoReturn:
