@@ -35,7 +35,20 @@ Rule kinds:
 
 ``keywords`` is the cheap prefilter: the rule's grammar runs only on messages that contain
 every keyword as a plain substring.  Give each rule at least one keyword that every line it
-matches must contain; this is what keeps the daemon fast on a busy mail log.
+matches must contain; this is what keeps the daemon fast on a busy mail log.  A rule without
+keywords runs on every claimed line that reaches it: acceptable for a last OTHER rule that
+groups shapes with no word in common.
+
+Rules are tried in order and the first whose grammar matches the whole message decides,
+across all patterns that claim the program (in load order: shipped ones by name, then site
+ones).  An OTHER rule that matches too much therefore hides a later LOGIN rule - of this
+pattern or of another pattern sharing the tag (``imapd`` is UW-IMAP's, Courier's and Cyrus's):
+keep every rule anchored to the daemon's own words.  The fixture harness runs every fixture
+with all shipped patterns to catch exactly that.
+
+Evidence: every shipped pattern has an annotated sample log ``fixtures/logs/NAME.log`` (format in
+``fixtures/logs/README.md``); ``patterns/uw-imap.py`` and ``patterns/dovecot.py`` are the
+reference examples.  Site patterns are tried with ``popwatch test --pattern FILE.py LOG``.
 
 Example::
 
@@ -44,6 +57,11 @@ Example::
     def pattern(options):
         login = lit("Login user=") + word("user") + lit("host=") + bracketed_ip("ip")
         return Pattern(programs=("ipop3d",), rules=(Rule("login", login, LOGIN, ("Login",)),))
+
+Two-line sessions (popa3d): ``Rule("session", lit("Session from") + ip_address("ip"), CONNECT,
+("Session from",))`` and ``Rule("passed", lit("Authentication passed for") + word("user"), AUTH,
+("Authentication passed",))``; the engine pairs them by (syslog host, pid), bounded in number
+and age (:mod:`popwatch.sessions`).
 """
 
 from __future__ import annotations
@@ -115,7 +133,9 @@ def check_options(options: Mapping[str, Any], known: Mapping[str, type]) -> dict
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key not in known:
-            raise ValueError(f'unknown option "{key}" (known: {", ".join(sorted(known)) or "none"})')
+            raise ValueError(
+                f'unknown option "{key}" (known: {", ".join(sorted(known)) or "none"})'
+            )
         want = known[key]
         if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
             raise ValueError(f'option "{key}": expected {want.__name__}, got {value!r}')
@@ -164,7 +184,9 @@ def ip_address(name: str | None = "ip") -> pp.ParserElement:
 
 def bracketed_ip(name: str | None = "ip") -> pp.ParserElement:
     """``[192.0.2.10]`` or ``[2001:db8::5]`` (no spaces inside the brackets)."""
-    el = pp.Combine(pp.Suppress("[") + ip_address(None) + pp.Suppress("]"), adjacent=True)
+    el: pp.ParserElement = pp.Combine(
+        pp.Suppress("[") + ip_address(None) + pp.Suppress("]"), adjacent=True
+    )
     el = el.set_name("[IP address]")
     return el(name) if name else el
 
@@ -206,7 +228,7 @@ def text_before_last(delimiter: str, name: str = "user") -> pp.ParserElement:
     """Free text up to the *last* ``delimiter`` on the line (the delimiter itself is left for
     the next element to match).  For attacker-controlled text that the daemon writes before
     its own fields; see the module docstring for why the last delimiter is the right one."""
-    return pp.Regex(r"(?P<%s>.*)(?=%s)" % (name, re.escape(delimiter)))
+    return pp.Regex(rf"(?P<{name}>.*)(?={re.escape(delimiter)})")
 
 
 def quoted(name: str | None = None, quote: str = '"') -> pp.ParserElement:
@@ -221,3 +243,63 @@ def rest_of_line(name: str | None = None) -> pp.ParserElement:
     """Everything to the end of the message (for OTHER rules; never for an address)."""
     el = pp.Regex(r".*")
     return el(name) if name else el
+
+
+def host_bracketed_ip(
+    name: str | None = "ip", host: str | None = "client_host"
+) -> pp.ParserElement:
+    """``client.example.net [192.0.2.10]`` or ``[192.0.2.10]``: an optional host name (under
+    the result name ``host``, default ``client_host``) then the bracketed address (under
+    ``name``), the shape UW-IMAP,
+    Cyrus and teapop write.  The name is a PTR record and may look like an address
+    (``203.0.113.66.example.net``, ``203.0.113.66``): only the bracketed part is the address.
+    A truncated field that lost its ``]`` does not match."""
+    name_el = hostname(host) if host else hostname()
+    return pp.Optional(name_el) + bracketed_ip(name)
+
+
+def _walk(element: pp.ParserElement) -> list[pp.ParserElement]:
+    out: list[pp.ParserElement] = []
+    seen: set[int] = set()
+    todo = [element]
+    while todo:
+        el = todo.pop()
+        if id(el) in seen:
+            continue
+        seen.add(id(el))
+        out.append(el)
+        if isinstance(el, pp.ParseExpression):
+            todo.extend(el.exprs)
+        elif isinstance(el, pp.ParseElementEnhance) and el.expr is not None:
+            todo.append(el.expr)
+    return out
+
+
+def result_names(element: pp.ParserElement) -> set[str]:
+    """The result names a grammar declares: ``(name)`` on any sub-element and the named groups
+    of its Regex elements.  (A parse action may add more; see :func:`may_name`.)"""
+    names: set[str] = set()
+    for el in _walk(element):
+        if el.resultsName:
+            names.add(el.resultsName)
+        if isinstance(el, pp.Regex) and el.re is not None:
+            names.update(el.re.groupindex)
+    return names
+
+
+# Parse actions of the building blocks above: they never add result names.
+_PLAIN_ACTIONS: Final = frozenset({"_validate_ip", "<lambda>"})
+
+
+def may_name(element: pp.ParserElement, name: str) -> bool:
+    """False only when ``element`` certainly cannot produce the result ``name``: it declares
+    no such name and has no parse action of the pattern author's that could add it.  The
+    loader uses it to reject a LOGIN or CONNECT rule without ``ip`` (:data:`REQUIRED_RESULTS`)
+    before any log line is read."""
+    if name in result_names(element):
+        return True
+    return any(
+        getattr(action, "__name__", "") not in _PLAIN_ACTIONS
+        for el in _walk(element)
+        for action in el.parseAction
+    )

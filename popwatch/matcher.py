@@ -1,0 +1,305 @@
+"""Log lines in, login events out: the engine that runs the patterns.
+
+NAME
+    popwatch.matcher - route each line to the patterns that claim its program, parse, decide
+
+DESCRIPTION
+    A :class:`Matcher` is built once from the loaded patterns (:mod:`popwatch.patternload`).
+    For each line (:meth:`Matcher.feed_line` for text, :meth:`Matcher.feed` for an already
+    split :class:`~popwatch.syslogline.LogLine`, e.g. from the journal) it:
+
+    1. looks the line's program up in a dict of the programs the patterns claim; a line from
+       any other program (most of a mail log: Postfix) stops here, before its time is even
+       converted;
+    2. skips patterns whose ``hosts`` set is not empty and lacks the line's host;
+    3. tries the rules of each claiming pattern in order: a rule runs only when every one of
+       its keywords is a substring of the message, then its grammar must match the *whole*
+       message (the grammar followed by ``StringEnd()``, built once: what
+       ``parse_all=True`` does); the first rule that matches decides:
+
+       LOGIN    an event, with the address from the rule's ``ip`` result, normalized again
+                (:func:`popwatch.address.normalize_host`; anything that is not one full host
+                address gives no event) and the user from ``user``;
+       CONNECT  remember the address for (host, pid), the pid from a ``pid`` result when the
+                rule names one (xinetd logs the child's pid), else the line's;
+       AUTH     an event if a CONNECT of the same (host, pid) is pending: its address, this
+                rule's name and pattern, this line's time; the pending session is used up;
+       END      forget the pending session of (host, pid);
+       OTHER    nothing but a count.
+
+    A claimed line that no rule matches is a *near miss*: counted, and a bounded sample kept
+    for ``popwatch test --print-missed``.  :attr:`Matcher.stats` holds the counts.
+
+    It does not apply ignore lists, time windows or the store: events are what the grammars
+    extract, exactly, so ``popwatch test`` can show an administrator what each pattern does.
+    An event's ``time`` is the line's own time, or the clock's when the line has none.
+
+ERRORS
+    None escape :meth:`feed`: an exception inside a grammar or parse action (a broken site
+    pattern) is logged as a warning on the ``popwatch.matcher`` logger, naming the pattern
+    and rule, and the rule is treated as not matching.  ValueError from the constructor for
+    nonsensical bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyparsing as pp
+
+from popwatch.address import normalize_host
+from popwatch.errors import AddressError
+from popwatch.event import LoginEvent
+from popwatch.grammar import AUTH, CONNECT, END, LOGIN, OTHER, Pattern, Rule
+from popwatch.sessions import Pending, PendingSessions
+from popwatch.syslogline import LineParser, LogLine
+
+__all__ = ["MatchStats", "Matcher", "Miss"]
+
+log = logging.getLogger("popwatch.matcher")
+
+# Grammar exceptions are logged for the first few lines of a rule, then every Nth, so that a
+# broken site pattern on a busy log is visible without flooding the log.
+_WARN_FIRST = 5
+_WARN_EVERY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """A claimed line no rule matched."""
+
+    source: str
+    lineno: int
+    program: str
+    message: str
+
+
+@dataclass
+class MatchStats:
+    lines: int = 0  # every line fed
+    claimed: int = 0  # lines whose program (and host) some pattern claims
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (pattern, rule)
+    hits: Counter[tuple[str, str]] = field(default_factory=Counter)  # CONNECT/END/OTHER rules
+    near_misses: int = 0
+    missed: deque[Miss] = field(default_factory=lambda: deque(maxlen=100))
+    rejected_ip: int = 0  # a LOGIN/CONNECT matched but its ip was not a host address
+    unpaired_auth: int = 0  # an AUTH line with no pending CONNECT
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # grammar exceptions
+
+    @property
+    def total_events(self) -> int:
+        return sum(self.events.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    pattern: str
+    rule: Rule
+    keywords: tuple[str, ...]
+    # rule.grammar + StringEnd(), built once: what parse_all=True does, without pyparsing
+    # building the same two elements again for every line.
+    whole: pp.ParserElement
+
+
+def _compile(pattern: str, rule: Rule) -> _Compiled:
+    whole = rule.grammar + pp.StringEnd()
+    whole.streamline()
+    return _Compiled(pattern, rule, tuple(rule.keywords), whole)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    hosts: frozenset[str]
+    rules: tuple[_Compiled, ...]
+
+
+class Matcher:
+    """Runs patterns over log lines; one instance per log pipeline (not thread-safe)."""
+
+    def __init__(
+        self,
+        patterns: Sequence[Pattern],
+        *,
+        clock: Callable[[], float] = time.time,
+        parser: LineParser | None = None,
+        max_pending: int = 10000,
+        pending_age: float = 600.0,
+        keep_missed: int = 100,
+    ) -> None:
+        if pending_age <= 0:
+            raise ValueError("pending_age must be positive")
+        self._clock = clock
+        self.parser = parser if parser is not None else LineParser(clock=clock)
+        self.patterns = tuple(patterns)
+        self.pending = PendingSessions(max_pending, pending_age)
+        self.stats = MatchStats(missed=deque(maxlen=max(keep_missed, 0)))
+        self._by_program: dict[str, list[_Claim]] = {}
+        for p in self.patterns:
+            claim = _Claim(
+                frozenset(p.hosts),
+                tuple(_compile(p.name, r) for r in p.rules),
+            )
+            for program in dict.fromkeys(p.programs):
+                self._by_program.setdefault(program, []).append(claim)
+
+    @property
+    def programs(self) -> frozenset[str]:
+        """The program names some pattern claims."""
+        return frozenset(self._by_program)
+
+    def feed_line(self, text: str, source: str = "", lineno: int = 0) -> LoginEvent | None:
+        """One raw log line (a trailing CR/LF is ignored)."""
+        self.stats.lines += 1
+        line = self.parser.parse(text, self._by_program)
+        if line is None:
+            return None
+        return self._match(line, source, lineno)
+
+    def feed(self, line: LogLine, source: str = "", lineno: int = 0) -> LoginEvent | None:
+        """One already split line (journal records)."""
+        self.stats.lines += 1
+        if line.program not in self._by_program:
+            return None
+        return self._match(line, source, lineno)
+
+    def _match(self, line: LogLine, source: str, lineno: int) -> LoginEvent | None:
+        claims = self._by_program[line.program]
+        message = line.message
+        claimed = False
+        for claim in claims:
+            if claim.hosts and line.host not in claim.hosts:
+                continue
+            claimed = True
+            for compiled in claim.rules:
+                if not all(k in message for k in compiled.keywords):
+                    continue
+                results = self._parse(compiled, message)
+                if results is not None:
+                    self.stats.claimed += 1
+                    return self._decide(compiled, results, line, source, lineno)
+        if claimed:
+            self.stats.claimed += 1
+            self.stats.near_misses += 1
+            self.stats.missed.append(Miss(source, lineno, line.program, message))
+        return None
+
+    def _parse(self, compiled: _Compiled, message: str) -> pp.ParseResults | None:
+        try:
+            return compiled.whole.parse_string(message)
+        except pp.ParseBaseException:
+            return None
+        except Exception as err:  # a broken grammar or parse action must not stop the daemon
+            key = (compiled.pattern, compiled.rule.name)
+            self.stats.errors[key] += 1
+            n = self.stats.errors[key]
+            if n <= _WARN_FIRST or n % _WARN_EVERY == 0:
+                log.warning(
+                    "pattern %s, rule %s: %s in grammar (%d so far): treating as no match",
+                    compiled.pattern,
+                    compiled.rule.name,
+                    _describe(err),
+                    n,
+                )
+            return None
+
+    def _decide(
+        self,
+        compiled: _Compiled,
+        results: pp.ParseResults,
+        line: LogLine,
+        source: str,
+        lineno: int,
+    ) -> LoginEvent | None:
+        rule = compiled.rule
+        key = (compiled.pattern, rule.name)
+        when = line.time if line.time is not None else self._clock()
+        if rule.kind == LOGIN:
+            ip = _address(results)
+            if ip is None:
+                self.stats.rejected_ip += 1
+                return None
+            self.stats.events[key] += 1
+            return LoginEvent(
+                ip=ip,
+                time=when,
+                pattern=compiled.pattern,
+                rule=rule.name,
+                user=_text(results, "user"),
+                program=line.program,
+                pid=line.pid,
+                host=line.host,
+                source=source,
+                lineno=lineno,
+            )
+        if rule.kind != AUTH:
+            self.stats.hits[key] += 1
+        if rule.kind == OTHER:
+            return None
+        pid = _pid(results, line.pid)
+        if rule.kind == CONNECT:
+            ip = _address(results)
+            if ip is None:
+                self.stats.rejected_ip += 1
+            elif pid is not None:
+                self.pending.add((line.host, pid), Pending(ip, when, compiled.pattern, rule.name))
+            return None
+        if rule.kind == END:
+            if pid is not None:
+                self.pending.discard((line.host, pid))
+            return None
+        if rule.kind == AUTH:
+            pending = self.pending.take((line.host, pid), when) if pid is not None else None
+            if pending is None:
+                self.stats.hits[key] += 1
+                self.stats.unpaired_auth += 1
+                return None
+            self.stats.events[key] += 1
+            return LoginEvent(
+                ip=pending.ip,
+                time=when,
+                pattern=compiled.pattern,
+                rule=rule.name,
+                user=_text(results, "user"),
+                program=line.program,
+                pid=pid,
+                host=line.host,
+                source=source,
+                lineno=lineno,
+            )
+        return None  # pragma: no cover - Rule validates kind
+
+
+def _text(results: pp.ParseResults, name: str) -> str | None:
+    value: Any = results.get(name)  # type: ignore[no-untyped-call]
+    if value is None:
+        return None
+    if isinstance(value, pp.ParseResults):
+        value = "".join(str(v) for v in value)
+    return str(value)
+
+
+def _address(results: pp.ParseResults) -> str | None:
+    value = _text(results, "ip")
+    if value is None:
+        return None
+    try:
+        return normalize_host(value)
+    except AddressError:
+        return None
+
+
+def _pid(results: pp.ParseResults, default: int | None) -> int | None:
+    value = _text(results, "pid")
+    if value is None:
+        return default
+    return int(value) if value.isdigit() and len(value) <= 10 else None
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

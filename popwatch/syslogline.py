@@ -1,0 +1,253 @@
+"""Split one mail-log line into time, host, program, pid and message.
+
+NAME
+    popwatch.syslogline - the syslog header layer under the message grammars
+
+DESCRIPTION
+    :class:`LineParser` reads the line shapes a mail log has in practice (DOMAIN.md section 2)
+    and returns a :class:`LogLine`; the message part goes on to the per-daemon grammars.
+
+    ``Nov 22 09:15:02 mailhost ipop3d[4242]: MSG``
+        Traditional file format (RFC 3164).  No year and no zone: the time is read in ``tz``
+        (default: the local zone) and the year is the one that puts the line at the latest
+        moment not more than a day ahead of the injected clock, so a ``Dec 31`` line read on
+        Jan 1 belongs to last year and a ``Jan  1`` line written by a clock a few seconds ahead
+        on Dec 31 to next year.  The day may be padded with a space.  Fractional seconds and a
+        ``<PRI>`` prefix (lines received from the network) are accepted.
+    ``2026-11-22T09:15:02.123456+01:00 mailhost ipop3d[4242]: MSG``
+        rsyslog's high-precision format (``RSYSLOG_FileFormat``), ISO 8601 with offset.
+    ``<22>1 2026-11-22T09:15:02.123456+00:00 mailhost ipop3d 4242 - - MSG``
+        RFC 5424 (``RSYSLOG_SyslogProtocol23Format``); ``-`` stands for an absent field.
+    ``Nov 22 09:15:02 pop3-login: Info: Login: ...``
+        A daemon's own log file (Dovecot ``log_path``): no host; ``host`` is ``""``.
+
+    Tags may have no pid (``dovecot:``) and may contain ``/``, ``.``, ``-`` and ``_``
+    (``cyrus/pop3[7]``, ``perdition.pop3``, ``pop3d-ssl``).  :func:`from_journal` turns a
+    ``journalctl -o json`` record into the same :class:`LogLine`.
+
+    ``parse(line, programs)`` returns None at once for a line whose program is not in
+    ``programs``, before any time conversion: on a busy mail log most lines come from Postfix
+    and must cost no more than a regular expression match and a dictionary lookup.
+
+    It does not decode bytes (callers decode UTF-8 with replacement), does not strip the line
+    terminator beyond a trailing CR/LF, and does not judge whether a tag is trustworthy: any
+    local user can write ``logger -t ipop3d ...``; the journal's trusted fields are the answer
+    to that (see :func:`from_journal`).
+
+ERRORS
+    None raised for log content: a line in no known shape gives None; an impossible date
+    (``Feb 30``) gives a LogLine with ``time`` None rather than dropping the line.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import re
+import time
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["LineParser", "LogLine", "from_journal"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    time: float | None  # Unix seconds; None when the line has no time
+    host: str  # "" when absent (own log files)
+    program: str  # tag's program name: "ipop3d", "dovecot", "cyrus/pop3", "pop3-login"
+    pid: int | None
+    message: str  # everything after "tag: "
+
+
+_MONTHS: Final = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+# How far ahead of the clock an RFC 3164 time may be before it is taken as last year's: covers
+# a writer whose clock runs ahead and lines that wait in a buffer.
+_FUTURE_SLACK: Final = 86400.0
+# A cached year decision is reused only while the clock stays this close to when it was made.
+_CACHE_SPAN: Final = 3600.0
+
+# Tag: program name, optional [pid], colon.  No spaces, colons or brackets in the name.
+_TAG: Final = r"(?P<prog>[^\s\[\]:]{1,64})(?:\[(?P<pid>\d{1,10})\])?:(?: |$)(?P<msg>.*)"
+# A host field never ends with a colon; this is what tells ``host tag: msg`` from an own log
+# file's ``tag: msg`` whose message happens to contain another ``word:``.
+_HOST: Final = r"(?:(?P<host>\S*[^\s:]) )?"
+
+_RFC3164: Final = re.compile(
+    r"(?:<\d{1,3}>)?(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<day>[ \d]?\d) "
+    r"(?P<hh>\d\d):(?P<mm>\d\d):(?P<ss>\d\d)(?P<frac>\.\d{1,9})? " + _HOST + _TAG,
+    re.DOTALL,
+)
+_ISO: Final = re.compile(
+    r"(?:<\d{1,3}>)?(?P<ts>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?"
+    r"(?:Z|[+-]\d\d:?\d\d)?) " + _HOST + _TAG,
+    re.DOTALL,
+)
+# RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]
+_RFC5424: Final = re.compile(
+    r"<\d{1,3}>1 (?P<ts>\S+) (?P<host>\S+) (?P<prog>\S+) (?P<pid>\S+) \S+ "
+    r"(?P<sd>-|(?:\[(?:[^\]\"\\]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: (?P<msg>.*))?",
+    re.DOTALL,
+)
+
+
+def _iso_time(text: str, tz: datetime.tzinfo | None) -> float | None:
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    # Python 3.11 fromisoformat takes at most 6 fraction digits; rsyslog may give up to 9.
+    dot = text.find(".")
+    if dot >= 0:
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        if end - dot > 7:
+            text = text[: dot + 7] + text[end:]
+    try:
+        dt = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz) if tz is not None else dt
+    return dt.timestamp()
+
+
+class LineParser:
+    """Parses log lines; holds only the clock, the zone and a one-minute year cache."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, tz: datetime.tzinfo | None = None
+    ) -> None:
+        self._clock = clock
+        self._tz = tz
+        # (month, day, hour, minute) -> (clock when decided, Unix seconds of that minute).
+        # One entry: log lines arrive in time order, so consecutive lines share the minute.
+        self._cache_key: tuple[int, int, int, int] | None = None
+        self._cache_val: tuple[float, float | None] = (0.0, None)
+
+    def parse(self, line: str, programs: Container[str] | None = None) -> LogLine | None:
+        """The parts of ``line``, or None when it is in no known shape.  With ``programs``,
+        also None (cheaply, before converting the time) when the program is not in it."""
+        if line[-1:] in ("\n", "\r"):
+            line = line.rstrip("\r\n")
+        if not line:
+            return None
+        first = line[0]
+        if first == "<" and line[1:6].find(">1 ") >= 0:
+            m5 = _RFC5424.match(line)
+            if m5 is not None:
+                return self._rfc5424(m5, programs)
+        if first.isdigit() or first == "<":
+            mi = _ISO.match(line)
+            if mi is not None:
+                prog = mi.group("prog")
+                if programs is not None and prog not in programs:
+                    return None
+                return LogLine(
+                    _iso_time(mi.group("ts"), self._tz),
+                    mi.group("host") or "",
+                    prog,
+                    _int_or_none(mi.group("pid")),
+                    mi.group("msg"),
+                )
+        m = _RFC3164.match(line)
+        if m is None:
+            return None
+        prog = m.group("prog")
+        if programs is not None and prog not in programs:
+            return None
+        return LogLine(
+            self._rfc3164_time(m),
+            m.group("host") or "",
+            prog,
+            _int_or_none(m.group("pid")),
+            m.group("msg"),
+        )
+
+    def _rfc5424(self, m: re.Match[str], programs: Container[str] | None) -> LogLine | None:
+        prog = m.group("prog")
+        if prog == "-" or (programs is not None and prog not in programs):
+            return None
+        ts = m.group("ts")
+        host = m.group("host")
+        pid = m.group("pid")
+        msg = m.group("msg") or ""
+        if msg.startswith("\ufeff"):
+            msg = msg[1:]
+        return LogLine(
+            None if ts == "-" else _iso_time(ts, self._tz),
+            "" if host == "-" else host,
+            prog,
+            _int_or_none(pid) if pid != "-" else None,
+            msg,
+        )
+
+    def _rfc3164_time(self, m: re.Match[str]) -> float | None:
+        mon = _MONTHS.get(m.group("mon"))
+        if mon is None:
+            return None
+        key = (mon, int(m.group("day")), int(m.group("hh")), int(m.group("mm")))
+        now = self._clock()
+        if key == self._cache_key and abs(now - self._cache_val[0]) < _CACHE_SPAN:
+            base = self._cache_val[1]
+        else:
+            base = self._minute_start(key, now)
+            self._cache_key, self._cache_val = key, (now, base)
+        if base is None:
+            return None
+        frac = m.group("frac")
+        return base + int(m.group("ss")) + (float(frac) if frac else 0.0)
+
+    def _minute_start(self, key: tuple[int, int, int, int], now: float) -> float | None:
+        """Unix seconds of the minute ``key`` in the latest year that is not more than
+        _FUTURE_SLACK ahead of ``now`` (Feb 29 looks back to the last leap year)."""
+        mon, day, hh, mm = key
+        year = datetime.datetime.fromtimestamp(now, datetime.UTC).year
+        for y in range(year + 1, year - 8, -1):
+            try:
+                dt = datetime.datetime(y, mon, day, hh, mm)
+            except ValueError:
+                continue
+            ts = dt.replace(tzinfo=self._tz).timestamp() if self._tz else dt.timestamp()
+            if ts <= now + _FUTURE_SLACK:
+                return ts
+        return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _field(record: Mapping[str, Any], name: str) -> str | None:
+    """A journal field as text; journalctl gives non-UTF-8 values as lists of byte values
+    and repeated fields as lists of values (take the first)."""
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(b, int) for b in value):
+            return bytes(b & 0xFF for b in value).decode("utf-8", errors="replace")
+        return _field({name: value[0]}, name)
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def from_journal(record: Mapping[str, Any]) -> LogLine | None:
+    """A LogLine from one ``journalctl -o json`` record, or None without MESSAGE or a
+    program name.  The program is SYSLOG_IDENTIFIER (what a syslog tag would say), else
+    ``_COMM``; the pid is the trusted ``_PID``, else ``SYSLOG_PID``.  The time is
+    ``__REALTIME_TIMESTAMP`` (microseconds).  Judging the trusted fields (``_SYSTEMD_UNIT``,
+    ``_UID``) is the journal reader's business, not this function's."""
+    message = _field(record, "MESSAGE")
+    program = _field(record, "SYSLOG_IDENTIFIER") or _field(record, "_COMM")
+    if message is None or not program:
+        return None
+    stamp = _field(record, "__REALTIME_TIMESTAMP")
+    when = int(stamp) / 1e6 if stamp and stamp.isdigit() else None
+    pid = _int_or_none(_field(record, "_PID")) or _int_or_none(_field(record, "SYSLOG_PID"))
+    return LogLine(when, _field(record, "_HOSTNAME") or "", program, pid, message.rstrip("\r\n"))

@@ -1,0 +1,239 @@
+"""The syslog header layer: every line shape of DOMAIN.md section 2, year inference, zones."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from popwatch.syslogline import LineParser, LogLine, from_journal
+
+UTC = datetime.UTC
+
+
+def at(
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    tz: datetime.tzinfo = UTC,
+) -> float:
+    return datetime.datetime(year, month, day, hour, minute, second, tzinfo=tz).timestamp()
+
+
+NOW = at(2026, 11, 22, 12, 0, 0)
+
+
+def parser(now: float = NOW, tz: datetime.tzinfo | None = UTC) -> LineParser:
+    return LineParser(clock=lambda: now, tz=tz)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "Nov 22 09:15:02 mailhost ipop3d[4242]: Login user=alice host=[192.0.2.10]",
+            LogLine(
+                at(2026, 11, 22, 9, 15, 2),
+                "mailhost",
+                "ipop3d",
+                4242,
+                "Login user=alice host=[192.0.2.10]",
+            ),
+        ),
+        (  # space-padded day
+            "Nov  2 09:15:02 mailhost dovecot: imap-login: Login: user=<a>",
+            LogLine(
+                at(2026, 11, 2, 9, 15, 2),
+                "mailhost",
+                "dovecot",
+                None,
+                "imap-login: Login: user=<a>",
+            ),
+        ),
+        (  # a slash in the tag
+            "Nov 22 09:15:02 mx cyrus/pop3[7]: login: h [192.0.2.1] a plaintext User logged in",
+            LogLine(
+                at(2026, 11, 22, 9, 15, 2),
+                "mx",
+                "cyrus/pop3",
+                7,
+                "login: h [192.0.2.1] a plaintext User logged in",
+            ),
+        ),
+        (  # a dot in the tag, rsyslog high precision with offset
+            "2026-11-22T09:15:02.123456+01:00 mx perdition.pop3[7]: Auth: x",
+            LogLine(at(2026, 11, 22, 8, 15, 2) + 0.123456, "mx", "perdition.pop3", 7, "Auth: x"),
+        ),
+        (  # a dash in the tag, no pid, Z zone
+            "2026-11-22T09:15:02Z mx pop3d-ssl: LOGIN, user=a",
+            LogLine(at(2026, 11, 22, 9, 15, 2), "mx", "pop3d-ssl", None, "LOGIN, user=a"),
+        ),
+        (  # RFC 5424 with a pid
+            "<22>1 2026-11-22T09:15:02.5+00:00 mx ipop3d 4242 - - Login user=a",
+            LogLine(at(2026, 11, 22, 9, 15, 2) + 0.5, "mx", "ipop3d", 4242, "Login user=a"),
+        ),
+        (  # RFC 5424: "-" pid, structured data with an escaped bracket, BOM before MSG
+            '<22>1 2026-11-22T09:15:02Z mx dovecot - ID47 [x@1 a="b\\]c"][y@2] \ufeffhello',
+            LogLine(at(2026, 11, 22, 9, 15, 2), "mx", "dovecot", None, "hello"),
+        ),
+        (  # RFC 5424 without time and host
+            "<22>1 - - popa3d 12 - - Session from 192.0.2.1",
+            LogLine(None, "", "popa3d", 12, "Session from 192.0.2.1"),
+        ),
+        (  # Dovecot's own log_path file: no host
+            "Nov 22 09:15:02 pop3-login: Info: Login: user=<alice>, method=PLAIN",
+            LogLine(
+                at(2026, 11, 22, 9, 15, 2),
+                "",
+                "pop3-login",
+                None,
+                "Info: Login: user=<alice>, method=PLAIN",
+            ),
+        ),
+        (  # a <PRI> prefix as received from the network
+            "<22>Nov 22 09:15:02 mx ipop3d[1]: x",
+            LogLine(at(2026, 11, 22, 9, 15, 2), "mx", "ipop3d", 1, "x"),
+        ),
+        (  # an IPv6 address as the host field, CRLF line end
+            "Nov 22 09:15:02 2001:db8::1 imapd[3]: Logout\r\n",
+            LogLine(at(2026, 11, 22, 9, 15, 2), "2001:db8::1", "imapd", 3, "Logout"),
+        ),
+        (  # empty message
+            "Nov 22 09:15:02 mx popa3d[3]:",
+            LogLine(at(2026, 11, 22, 9, 15, 2), "mx", "popa3d", 3, ""),
+        ),
+    ],
+)
+def test_line_shapes(line: str, expected: LogLine) -> None:
+    got = parser().parse(line)
+    assert got is not None
+    assert got.time == pytest.approx(expected.time) if expected.time else got.time is None
+    assert (got.host, got.program, got.pid, got.message) == (
+        expected.host,
+        expected.program,
+        expected.pid,
+        expected.message,
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "garbage",
+        "Nov 22 09:15:02 mailhost last message repeated 2 times",
+        "Nov 22 09:15:02",
+        "Foo 22 09:15:02 mx ipop3d[1]: x",
+        "<22>1 2026-11-22T09:15:02Z mx - - - - no program",
+        "2026-11-22 mx ipop3d[1]: x",
+    ],
+)
+def test_unknown_shapes_give_none(line: str) -> None:
+    assert parser().parse(line) is None
+
+
+def test_year_inference_at_the_new_year() -> None:
+    jan1 = at(2027, 1, 1, 0, 0, 10)
+    # read just after midnight: yesterday's line belongs to last year
+    line = parser(jan1).parse("Dec 31 23:59:59 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2026, 12, 31, 23, 59, 59)
+    # a writer whose clock runs a few seconds ahead on Dec 31: the line is next year's
+    dec31 = at(2026, 12, 31, 23, 59, 50)
+    line = parser(dec31).parse("Jan  1 00:00:05 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2027, 1, 1, 0, 0, 5)
+    # an ordinary line from earlier this year
+    line = parser(NOW).parse("Jan  5 10:00:00 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2026, 1, 5, 10, 0, 0)
+    # a line from later in the "year" than now is last year's
+    line = parser(NOW).parse("Dec 24 10:00:00 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2025, 12, 24, 10, 0, 0)
+
+
+def test_feb_29_looks_back_to_a_leap_year() -> None:
+    line = parser(NOW).parse("Feb 29 10:00:00 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2024, 2, 29, 10, 0, 0)
+
+
+def test_impossible_date_keeps_the_line_without_time() -> None:
+    line = parser().parse("Feb 30 10:00:00 mx ipop3d[1]: x")
+    assert line is not None and line.time is None and line.program == "ipop3d"
+
+
+def test_local_zone_and_dst() -> None:
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    p = parser(NOW, berlin)
+    line = p.parse("Nov 22 09:15:02 mx ipop3d[1]: x")  # CET, UTC+1
+    assert line is not None and line.time == at(2026, 11, 22, 8, 15, 2)
+    line = p.parse("Jul  1 09:15:02 mx ipop3d[1]: x")  # CEST, UTC+2
+    assert line is not None and line.time == at(2026, 7, 1, 7, 15, 2)
+    # ISO lines carry their own offset; the zone does not change them
+    line = p.parse("2026-07-01T09:15:02+00:00 mx ipop3d[1]: x")
+    assert line is not None and line.time == at(2026, 7, 1, 9, 15, 2)
+
+
+def test_default_zone_is_the_local_one() -> None:
+    line = parser(NOW, None).parse("Nov 22 09:15:02 mx ipop3d[1]: x")
+    local = datetime.datetime(2026, 11, 22, 9, 15, 2).timestamp()
+    assert line is not None and line.time == local
+
+
+def test_minute_cache_follows_the_clock() -> None:
+    """The year decision is cached per minute but not across a long clock change."""
+    now = [at(2026, 11, 22, 12)]
+    p = LineParser(clock=lambda: now[0], tz=UTC)
+    first = p.parse("Dec 24 10:00:00 mx x[1]: y")
+    assert first is not None and first.time == at(2025, 12, 24, 10)
+    now[0] = at(2026, 12, 25, 12)  # a month later the same text means this year's Dec 24
+    again = p.parse("Dec 24 10:00:30 mx x[1]: y")
+    assert again is not None and again.time == at(2026, 12, 24, 10, 0, 30)
+
+
+def test_program_filter_skips_before_time_conversion() -> None:
+    calls = []
+
+    def clock() -> float:
+        calls.append(1)
+        return NOW
+
+    p = LineParser(clock=clock, tz=UTC)
+    wanted = {"ipop3d"}
+    assert p.parse("Nov 22 09:15:02 mx postfix/smtpd[1]: connect from x", wanted) is None
+    assert p.parse("2026-11-22T09:15:02Z mx postfix/smtpd[1]: x", wanted) is None
+    assert p.parse("<22>1 2026-11-22T09:15:02Z mx postfix 1 - - x", wanted) is None
+    assert calls == []
+    assert p.parse("Nov 22 09:15:02 mx ipop3d[1]: x", wanted) is not None
+    assert calls == [1]
+
+
+def test_from_journal() -> None:
+    record = {
+        "MESSAGE": "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.1, lip=192.0.2.2",
+        "SYSLOG_IDENTIFIER": "dovecot",
+        "_PID": "812",
+        "SYSLOG_PID": "999",
+        "_COMM": "imap-login",
+        "__REALTIME_TIMESTAMP": "1795338902123456",
+        "_HOSTNAME": "mx",
+    }
+    line = from_journal(record)
+    assert line == LogLine(1795338902.123456, "mx", "dovecot", 812, record["MESSAGE"])
+
+
+def test_from_journal_fallbacks_and_bytes() -> None:
+    # non-UTF-8 MESSAGE comes as a list of byte values; no identifier: _COMM
+    line = from_journal({"MESSAGE": [104, 105, 0xFF], "_COMM": "popa3d", "SYSLOG_PID": "5"})
+    assert line == LogLine(None, "", "popa3d", 5, "hi\ufffd")
+    assert from_journal({"SYSLOG_IDENTIFIER": "x"}) is None
+    assert from_journal({"MESSAGE": "x"}) is None
+
+
+@given(st.text(max_size=300))
+def test_never_raises(text: str) -> None:
+    line = parser().parse(text)
+    assert line is None or isinstance(line.message, str)
