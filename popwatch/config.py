@@ -40,7 +40,7 @@ class Config:
     key_prefix: str = ""
     ipv6_prefix: str = ""
     lock_timeout: float = 30.0
-    logs: tuple[str, ...] = ()  # filled by default_logs() when empty
+    logs: tuple[str, ...] = ()  # load_config() fills in default_logs() when the key is absent
     journal: bool = False
     journal_units: tuple[str, ...] = ()  # trusted _SYSTEMD_UNIT values to accept in journal mode
     lifetime: float = 1800.0
@@ -258,12 +258,17 @@ def load_config(
     """Defaults < files < ``overrides`` (flags, same key names and value forms as TOML)."""
     cfg = Config()
     read = []
+    logs_set = False  # `logs = []` is a choice (journal only), not "use the default"
     for path in config_files(config_file, config_dir):
-        cfg = apply_table(cfg, read_toml(path), str(path))
+        table = read_toml(path)
+        cfg = apply_table(cfg, table, str(path))
+        logs_set = logs_set or "logs" in table
         read.append(str(path))
     if overrides:
-        cfg = apply_table(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
-    if not cfg.logs:
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        cfg = apply_table(cfg, flags, "command line")
+        logs_set = logs_set or "logs" in flags
+    if not logs_set:
         cfg = replace(cfg, logs=default_logs(exists))
     if cfg.flush_interval > cfg.lifetime:
         raise ConfigError(
