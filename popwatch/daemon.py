@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from popwatch.config import Config
 from popwatch.errors import ConfigError, PatternError, PopwatchError, StoreError
@@ -197,7 +197,7 @@ def programs_of(patterns: Sequence[Pattern]) -> dict[str, tuple[str, ...]]:
 
 
 def iter_lines(
-    f: BinaryIO, source: str, max_len: int, counters: Counters
+    f: IO[bytes], source: str, max_len: int, counters: Counters
 ) -> Iterator[tuple[int, bytes]]:
     """(lineno, line without LF) for every line of ``f``, a final partial line included.
     Lines longer than ``max_len`` are skipped with a warning naming file and line; memory

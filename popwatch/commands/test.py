@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from popwatch.commands.common import load as load_config
+from popwatch.daemon import Counters, iter_lines
 from popwatch.errors import UsageError
 from popwatch.event import LoginEvent
 from popwatch.exitcodes import EX_NOINPUT, EX_OK
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.files:
         with open_input(name) as stream:
             result = FileResult("-" if name == "-" else name)
-            for lineno, text in decoded_lines(stream, result):
+            for lineno, text in decoded_lines(stream, result, cfg.max_line_length):
                 event = matcher.feed_line(text, result.name, lineno)
                 if event is not None and args.json:
                     out.write(event_json(event) + "\n")
@@ -178,10 +179,15 @@ def open_input(name: str) -> Iterator[IO[bytes]]:
         yield f
 
 
-def decoded_lines(stream: IO[bytes], result: FileResult) -> Iterator[tuple[int, str]]:
-    for lineno, raw in enumerate(stream, 1):
+def decoded_lines(
+    stream: IO[bytes], result: FileResult, max_line_length: int
+) -> Iterator[tuple[int, str]]:
+    """The daemon's own line reader (bounded memory; over-long lines skipped with a warning
+    naming file and line), then UTF-8 decoding with U+FFFD for undecodable bytes."""
+    counters = Counters()
+    for lineno, raw in iter_lines(stream, result.name, max_line_length, counters):
         result.lines = lineno
-        raw = raw.rstrip(b"\r\n")
+        raw = raw.rstrip(b"\r")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
