@@ -31,7 +31,7 @@ SECURITY
     the address is everything after the first colon; the grammar still demands exactly one
     user word, one domain word, and one full address to the end of the message.  The address
     is TCPREMOTEIP (tcpserver) or REMOTE_HOST (xinetd) after vchkpw's filter, which turns a
-    ``:`` into ``_``: an IPv6 client appears as ``2001_db8__5`` and gives no event; only the
+    ``:`` into ``_``: an IPv6 client appears as ``2001_db8__5`` and gives no event (the address field accepts dotted quads only); only the
     ``::ffff:`` prefix of a mapped address is stripped by vchkpw itself.  The old form's user
     in brackets is taken up to the *last* ``] from``.
 
@@ -56,7 +56,10 @@ from popwatch.address import normalize_host
 from popwatch.errors import AddressError
 from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options
 
-_ADDR = r"[0-9A-Fa-f:.]{2,45}"
+# vchkpw writes IPv4 dotted quads only (it turns the colons of an IPv6 address into "_"), so
+# the field takes no colon: a user name ending in ":" or "2001:db8:" can then never combine
+# with the real address into another IPv6 address.
+_ADDR = r"(?:\d{1,3}\.){3}\d{1,3}"
 # vchkpw's service names whose logins are a mail client's POP/IMAP login; the bare "vchkpw"
 # of old versions was only used from qmail-pop3d.
 _MAIL = r"vchkpw(?:-pop3s?|-imaps?)?"
