@@ -31,8 +31,8 @@ SECURITY
     the address is everything after the first colon; the grammar still demands exactly one
     user word, one domain word, and one full address to the end of the message.  The address
     is TCPREMOTEIP (tcpserver) or REMOTE_HOST (xinetd) after vchkpw's filter, which turns a
-    ``:`` into ``_``: an IPv6 client appears as ``2001_db8__5`` and gives no event (the address field accepts dotted quads only); only the
-    ``::ffff:`` prefix of a mapped address is stripped by vchkpw itself.  The old form's user
+    ``:`` into ``_``: an IPv6 client appears as ``2001_db8__5`` and gives no event (the
+    address field accepts dotted quads only); only the ``::ffff:`` prefix of a mapped address is stripped by vchkpw itself.  The old form's user
     in brackets is taken up to the *last* ``] from``.
 
 KNOWN LIMITS
