@@ -32,8 +32,9 @@ SECURITY
     user word, one domain word, and one full address to the end of the message.  The address
     is TCPREMOTEIP (tcpserver) or REMOTE_HOST (xinetd) after vchkpw's filter, which turns a
     ``:`` into ``_``: an IPv6 client appears as ``2001_db8__5`` and gives no event (the
-    address field accepts dotted quads only); only the ``::ffff:`` prefix of a mapped address is stripped by vchkpw itself.  The old form's user
-    in brackets is taken up to the *last* ``] from``.
+    address field accepts dotted quads only); only the ``::ffff:`` prefix of a mapped
+    address is stripped by vchkpw itself.  The old form's user in brackets is taken up to
+    the *last* ``] from``.
 
 KNOWN LIMITS
     IPv6 clients of a native IPv6 tcpserver are not usable (see above).  vchkpw logs

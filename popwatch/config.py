@@ -126,7 +126,7 @@ def default_logs(exists: Any = os.path.exists) -> tuple[str, ...]:
 
 
 def _want(kind: type | tuple[type, ...], value: object, where: str, what: str) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
 
 
@@ -146,7 +146,9 @@ def _networks(value: object, where: str) -> tuple[Network, ...]:
         try:
             nets.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError:
-            raise ConfigError(f'{where}: bad network "{item}" (use CIDR, e.g. 192.0.2.0/24)') from None
+            raise ConfigError(
+                f'{where}: bad network "{item}" (use CIDR, e.g. 192.0.2.0/24)'
+            ) from None
     return tuple(nets)
 
 
