@@ -30,6 +30,22 @@ DESCRIPTION
     A claimed line that no rule matches is a *near miss*: counted, and a bounded sample kept
     for ``popwatch test --print-missed``.  :attr:`Matcher.stats` holds the counts.
 
+    Speed.  Each rule's grammar is compiled once to an equivalent regular expression
+    (:mod:`popwatch.grammar_compile`); a rule whose grammar uses something the compiler cannot
+    reproduce exactly keeps pyparsing (the reason is logged at debug level), and a rule with a
+    pattern author's own parse action uses the regex to reject and pyparsing to confirm.
+    ``compile_grammars=False`` runs pyparsing for every rule (the reference the tests compare
+    against).
+
+    Reporting.  With ``report=True`` (the default; ``popwatch test``) every rule is tried in
+    order until one matches, so OTHER hits and near misses are counted exactly.  With
+    ``report=False`` (the daemon and ``popwatch scan``) OTHER rules are evaluated lazily: the
+    LOGIN/CONNECT/AUTH/END rules are tried first, and only when one matches are the OTHER rules
+    that come before it (same order, same keyword prefilter) tried; if one of them matches, it
+    wins, exactly as in full evaluation.  The events, pending sessions and ``rejected_ip``
+    counts are the same in both modes; in lazy mode ``hits`` of OTHER rules and near misses
+    (``near_misses``, ``missed``) are not counted.
+
     It does not apply ignore lists, time windows or the store: events are what the grammars
     extract, exactly, so ``popwatch test`` can show an administrator what each pattern does.
     An event's ``time`` is the line's own time, or the clock's when the line has none.
@@ -56,6 +72,7 @@ from popwatch.address import normalize_host
 from popwatch.errors import AddressError
 from popwatch.event import LoginEvent
 from popwatch.grammar import AUTH, CONNECT, END, LOGIN, OTHER, Pattern, Rule
+from popwatch.grammar_compile import NEEDED, CompiledRule, Untranslatable, compile_rule
 from popwatch.sessions import Pending, PendingSessions
 from popwatch.syslogline import LineParser, LogLine
 
@@ -67,6 +84,7 @@ log = logging.getLogger("popwatch.matcher")
 # broken site pattern on a busy log is visible without flooding the log.
 _WARN_FIRST = 5
 _WARN_EVERY = 1000
+_ADDRESS_CACHE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +122,27 @@ class _Compiled:
     # rule.grammar + StringEnd(), built once: what parse_all=True does, without pyparsing
     # building the same two elements again for every line.
     whole: pp.ParserElement
+    fast: CompiledRule | None  # the grammar as one regex; None: pyparsing only
+    is_other: bool
 
 
-def _compile(pattern: str, rule: Rule) -> _Compiled:
+Results = dict[str, str | None]  # "ip", "user", "pid" -> text as pyparsing gives it
+
+
+def _compile(pattern: str, rule: Rule, use_regex: bool) -> _Compiled:
     whole = rule.grammar + pp.StringEnd()
     whole.streamline()
-    return _Compiled(pattern, rule, tuple(rule.keywords), whole)
+    fast = None
+    if use_regex:
+        try:
+            fast = compile_rule(whole)
+        except Untranslatable as err:
+            log.debug("pattern %s, rule %s: kept on pyparsing: %s", pattern, rule.name, err)
+        except Exception as err:  # a compiler bug must cost speed, never a pattern
+            log.debug(
+                "pattern %s, rule %s: kept on pyparsing: %s", pattern, rule.name, _describe(err)
+            )
+    return _Compiled(pattern, rule, tuple(rule.keywords), whole, fast, rule.kind == OTHER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +163,16 @@ class Matcher:
         max_pending: int = 10000,
         pending_age: float = 600.0,
         keep_missed: int = 100,
+        report: bool = True,
+        compile_grammars: bool = True,
     ) -> None:
         if pending_age <= 0:
             raise ValueError("pending_age must be positive")
         self._clock = clock
+        self.report = report
+        # normalize_host results of recent addresses: most logins are re-logins of the same
+        # clients.  Bounded; cleared when full.
+        self._addresses: dict[str, str | None] = {}
         self.parser = parser if parser is not None else LineParser(clock=clock)
         self.patterns = tuple(patterns)
         self.pending = PendingSessions(max_pending, pending_age)
@@ -142,7 +181,7 @@ class Matcher:
         for p in self.patterns:
             claim = _Claim(
                 frozenset(p.hosts),
-                tuple(_compile(p.name, r) for r in p.rules),
+                tuple(_compile(p.name, r, compile_grammars) for r in p.rules),
             )
             for program in dict.fromkeys(p.programs):
                 self._by_program.setdefault(program, []).append(claim)
@@ -171,26 +210,48 @@ class Matcher:
         claims = self._by_program[line.program]
         message = line.message
         claimed = False
+        lazy = not self.report
+        # OTHER rules passed over in lazy mode (their keywords matched), in claim order.
+        others: list[_Compiled] = []
         for claim in claims:
             if claim.hosts and line.host not in claim.hosts:
                 continue
             claimed = True
             for compiled in claim.rules:
-                if not all(k in message for k in compiled.keywords):
-                    continue
-                results = self._parse(compiled, message)
-                if results is not None:
+                for k in compiled.keywords:
+                    if k not in message:
+                        break
+                else:
+                    if lazy and compiled.is_other:
+                        others.append(compiled)
+                        continue
+                    results = self._parse(compiled, message)
+                    if results is None:
+                        continue
                     self.stats.claimed += 1
+                    for other in others:
+                        # First match wins: an earlier OTHER rule takes the line.
+                        if self._parse(other, message) is not None:
+                            return None
                     return self._decide(compiled, results, line, source, lineno)
         if claimed:
             self.stats.claimed += 1
-            self.stats.near_misses += 1
-            self.stats.missed.append(Miss(source, lineno, line.program, message))
+            if not lazy:
+                self.stats.near_misses += 1
+                self.stats.missed.append(Miss(source, lineno, line.program, message))
         return None
 
-    def _parse(self, compiled: _Compiled, message: str) -> pp.ParseResults | None:
+    def _parse(self, compiled: _Compiled, message: str) -> Results | None:
         try:
-            return compiled.whole.parse_string(message)
+            fast = compiled.fast
+            if fast is not None:
+                if not fast.confirm:
+                    m = fast.match(message)
+                    return None if m is None else fast.extract(m)
+                if fast.match(message) is None:
+                    return None  # exact: a parse action can only refuse more
+            results = compiled.whole.parse_string(message)
+            return {name: _text(results, name) for name in NEEDED}
         except pp.ParseBaseException:
             return None
         except Exception as err:  # a broken grammar or parse action must not stop the daemon
@@ -210,7 +271,7 @@ class Matcher:
     def _decide(
         self,
         compiled: _Compiled,
-        results: pp.ParseResults,
+        results: Results,
         line: LogLine,
         source: str,
         lineno: int,
@@ -219,7 +280,7 @@ class Matcher:
         key = (compiled.pattern, rule.name)
         when = line.time if line.time is not None else self._clock()
         if rule.kind == LOGIN:
-            ip = _address(results)
+            ip = self._address(results)
             if ip is None:
                 self.stats.rejected_ip += 1
                 return None
@@ -229,7 +290,7 @@ class Matcher:
                 time=when,
                 pattern=compiled.pattern,
                 rule=rule.name,
-                user=_text(results, "user"),
+                user=results.get("user"),
                 program=line.program,
                 pid=line.pid,
                 host=line.host,
@@ -242,7 +303,7 @@ class Matcher:
             return None
         pid = _pid(results, line.pid)
         if rule.kind == CONNECT:
-            ip = _address(results)
+            ip = self._address(results)
             if ip is None:
                 self.stats.rejected_ip += 1
             elif pid is not None:
@@ -264,7 +325,7 @@ class Matcher:
                 time=when,
                 pattern=compiled.pattern,
                 rule=rule.name,
-                user=_text(results, "user"),
+                user=results.get("user"),
                 program=line.program,
                 pid=pid,
                 host=line.host,
@@ -272,6 +333,20 @@ class Matcher:
                 lineno=lineno,
             )
         return None  # pragma: no cover - Rule validates kind
+
+    def _address(self, results: Results) -> str | None:
+        value = results.get("ip")
+        if value is None:
+            return None
+        cache = self._addresses
+        try:
+            return cache[value]
+        except KeyError:
+            pass
+        if len(cache) >= _ADDRESS_CACHE:
+            cache.clear()
+        ip = cache[value] = _address(results)
+        return ip
 
 
 def _text(results: pp.ParseResults, name: str) -> str | None:
@@ -283,8 +358,8 @@ def _text(results: pp.ParseResults, name: str) -> str | None:
     return str(value)
 
 
-def _address(results: pp.ParseResults) -> str | None:
-    value = _text(results, "ip")
+def _address(results: Results) -> str | None:
+    value = results.get("ip")
     if value is None:
         return None
     try:
@@ -293,8 +368,8 @@ def _address(results: pp.ParseResults) -> str | None:
         return None
 
 
-def _pid(results: pp.ParseResults, default: int | None) -> int | None:
-    value = _text(results, "pid")
+def _pid(results: Results, default: int | None) -> int | None:
+    value = results.get("pid")
     if value is None:
         return default
     return int(value) if value.isdigit() and len(value) <= 10 else None
