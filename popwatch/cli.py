@@ -92,12 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", metavar="FILE",
+        "-c",
+        "--config",
+        metavar="FILE",
         help="read FILE instead of /etc/popwatch/popwatch.toml and popwatch.d/*.toml",
     )
     parser.add_argument("--db", metavar="PATH", help="relay table path (config key: database)")
     parser.add_argument(
-        "--key-format", choices=("sendmail", "postfix"),
+        "--key-format",
+        choices=("sendmail", "postfix"),
         help="key form for a new table: sendmail (no NUL, as makemap) or postfix (NUL, as postmap)",
     )
     parser.add_argument(
