@@ -67,7 +67,7 @@ from popwatch.policy import NetRule, Policy, postfix_mynetworks
 from popwatch.relaywriter import RelayWriter
 from popwatch.sdnotify import Notifier
 from popwatch.store import Store, StoreOptions, open_store
-from popwatch.syslogline import LogLine, from_journal
+from popwatch.syslogline import LogLine, ProgramFilter, from_journal
 from popwatch.tailer import Tailer
 from popwatch.watcher import Watcher
 
@@ -101,8 +101,42 @@ class Pipeline:
     clock: Clock = time.time
     counters: Counters = field(default_factory=Counters)
     _bad_utf8: set[str] = field(default_factory=set)
+    _filter: ProgramFilter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._filter = ProgramFilter(self.matcher.programs)
 
     def feed_bytes(self, data: bytes, source: str, lineno: int) -> None:
+        if data.isascii() and self._filter.unclaimed(data):
+            # No pattern claims its program (and ASCII cannot be undecodable): what the
+            # matcher would do with it, without decoding it.
+            self.counters.lines += 1
+            self.matcher.stats.lines += 1
+            return
+        self._feed(data, source, lineno)
+
+    def feed_batch(self, lines: Sequence[bytes], source: str, first: int, ascii: bool) -> None:
+        """``feed_bytes`` for consecutive lines numbered from ``first``; ``ascii``: the caller
+        knows that every one of them is ASCII.  Counts and warnings are feed_bytes'."""
+        unclaimed = self._filter.unclaimed
+        feed = self._feed
+        skipped = 0
+        if ascii:
+            for i, data in enumerate(lines, first):
+                if unclaimed(data):
+                    skipped += 1
+                else:
+                    feed(data, source, i)
+        else:
+            for i, data in enumerate(lines, first):
+                if data.isascii() and unclaimed(data):
+                    skipped += 1
+                else:
+                    feed(data, source, i)
+        self.counters.lines += skipped
+        self.matcher.stats.lines += skipped
+
+    def _feed(self, data: bytes, source: str, lineno: int) -> None:
         if data[-1:] == b"\r" or data[:1] == b"\r":
             # CRLF files, and the stray CR of LF CR endings that would start the next line
             data = data.strip(b"\r")
@@ -202,6 +236,15 @@ def iter_lines(
     """(lineno, line without LF) for every line of ``f``, a final partial line included.
     Lines longer than ``max_len`` are skipped with a warning naming file and line; memory
     stays bounded by the chunk size plus ``max_len``."""
+    for first, lines, _ in iter_batches(f, source, max_len, counters):
+        yield from enumerate(lines, first)
+
+
+def iter_batches(
+    f: IO[bytes], source: str, max_len: int, counters: Counters
+) -> Iterator[tuple[int, list[bytes], bool]]:
+    """The lines of :func:`iter_lines` a read chunk at a time: (number of the first line,
+    consecutive lines, True when all of them are ASCII).  A too-long line ends a batch."""
     buf = b""
     lineno = 0
     skipping = False
@@ -210,24 +253,36 @@ def iter_lines(
         if not chunk:
             break
         buf += chunk
+        ascii = buf.isascii()  # one C-speed pass instead of a test per line
         lines = buf.split(b"\n")
         buf = lines.pop()
-        for line in lines:
-            lineno += 1
-            if skipping:
-                skipping = False
-                continue
-            if len(line) > max_len:
-                _too_long(source, lineno, counters)
-                continue
-            yield lineno, line
+        first = lineno + 1
+        lineno += len(lines)
+        if skipping and lines:
+            del lines[0]  # the rest of a too-long line
+            first += 1
+            skipping = False
+        if lines and max(map(len, lines)) > max_len:
+            run: list[bytes] = []
+            for i, line in enumerate(lines, first):
+                if len(line) > max_len:
+                    if run:
+                        yield i - len(run), run, ascii
+                        run = []
+                    _too_long(source, i, counters)
+                else:
+                    run.append(line)
+            if run:
+                yield lineno + 1 - len(run), run, ascii
+        elif lines:
+            yield first, lines, ascii
         if len(buf) > max_len and not skipping:
             _too_long(source, lineno + 1, counters)
             skipping = True
         if skipping:
             buf = b""
     if buf and not skipping:
-        yield lineno + 1, buf
+        yield lineno + 1, [buf], buf.isascii()
 
 
 def _too_long(source: str, lineno: int, counters: Counters) -> None:

@@ -113,3 +113,56 @@ def test_anything_is_either_canonical_or_refused(text: str) -> None:
     assert ipaddress.ip_address(out)  # parses
     assert out == out.strip() and out == out.lower()
     assert "/" not in out and "%" not in out
+
+
+def _slow(text: str) -> str | None:
+    """What parse_host gave before the dotted-quad fast path: ipaddress alone."""
+    if not text or len(text) > 45 or any(c.isspace() for c in text):
+        return None
+    if "/" in text or "%" in text or (":" not in text and text.count(".") != 3):
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _quadlike() -> st.SearchStrategy[str]:
+    """Texts close to dotted quads: octets with leading zeros, out of range, Unicode digits,
+    signs, blanks, too few or too many parts."""
+    octet = st.one_of(
+        st.integers(min_value=0, max_value=300).map(str),
+        st.text(alphabet="0123456789", min_size=0, max_size=4),
+        st.sampled_from(["00", "01", "010", "256", "+1", "-1", " 1", "1 ", "\u0661", "\uff11"]),
+    )
+    return st.lists(octet, min_size=1, max_size=6).map(".".join)
+
+
+@given(st.one_of(_quadlike(), st.text(alphabet="0123456789.:afx ", max_size=20), st.text()))
+def test_fast_path_equals_ipaddress(text: str) -> None:
+    expected = _slow(text)
+    try:
+        out = normalize_host(text)
+    except AddressError:
+        assert expected is None
+        got_addr = None
+    else:
+        assert out == expected
+        got_addr = parse_host(text)
+    if expected is None:
+        with pytest.raises(AddressError):
+            parse_host(text)
+    else:
+        assert got_addr == ipaddress.ip_address(expected)
+        assert type(got_addr) is type(ipaddress.ip_address(expected))
+
+
+@given(ipv4)
+def test_every_ipv4_address_takes_either_path_to_the_same_answer(
+    addr: ipaddress.IPv4Address,
+) -> None:
+    assert normalize_host(str(addr)) == str(addr)
+    assert parse_host(str(addr)) == addr

@@ -6,10 +6,10 @@ import datetime
 import zoneinfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popwatch.syslogline import LineParser, LogLine, from_journal
+from popwatch.syslogline import LineParser, LogLine, ProgramFilter, from_journal
 
 UTC = datetime.UTC
 
@@ -237,3 +237,191 @@ def test_from_journal_fallbacks_and_bytes() -> None:
 def test_never_raises(text: str) -> None:
     line = parser().parse(text)
     assert line is None or isinstance(line.message, str)
+
+
+# -- ProgramFilter: the undecoded fast path for unclaimed programs ------------------------------
+
+CLAIMED = frozenset({"imapd", "imap", "dovecot", "cyrus/pop3", "pop3-login", "in.qpopper"})
+
+# Pieces that meet at the places the filter's argument depends on: spaces and other
+# whitespace (ASCII, C0 separators, Unicode), colons, brackets, claimed names and their
+# prefixes, non-ASCII text and undecodable bytes.
+_PIECES = [
+    b" ",
+    b"  ",
+    b":",
+    b": ",
+    b"[",
+    b"]",
+    b"[42]",
+    b"\t",
+    b"\r",
+    b"\n",
+    b"\x1c",
+    b"\x0b",
+    "\u00a0".encode(),
+    "\u2003".encode(),
+    "\u0085".encode(),
+    "é".encode(),
+    "\u0663".encode(),
+    b"\xff",
+    b"\xc2",
+    b"\xe2\x80",
+    b"imapd",
+    b"imap",
+    b"imapx",
+    b"dovecot",
+    b"dove",
+    b"cyrus/pop3",
+    b"pop3-login",
+    b"in.qpopper",
+    b"postfix/smtpd",
+    b"host",
+    b"x",
+    b"-",
+    b"T",
+    b"1",
+    b"12",
+]
+_HEADERS = [
+    b"Nov 22 09:15:02 ",
+    b"Nov  2 09:15:02 ",
+    b"Nov 2 09:15:02 ",
+    b"Nov 22 09:15:02.25 ",
+    b"<13>Nov 22 09:15:02 ",
+    b"Feb 30 09:15:02 ",
+    b"Xyz 22 09:15:02 ",
+    b"Nov 22 09:15:0",
+    b"2026-11-22T09:15:02.123456+01:00 ",
+    b"2026-11-22T09:15:02Z ",
+    b"2026-11-22 09:15:02 ",
+    "2026-11-2\u0663T09:15:02 ".encode(),
+    b"<22>1 2026-11-22T09:15:02Z ",
+    b"<1>1 a ",
+    b"2026-11-22T",
+    b"",
+    b"\r",
+    "Nov 2 09:15:0\u0663 ".encode(),
+    "Nov 2 09:1\u0665:02 ".encode(),
+    "Nov \u0662\u0662 09:15:02 ".encode(),
+    "Nov 2 0\U0001d7ce:15:02 ".encode(),
+    "202\u0666-11-22T09:15:02 ".encode(),
+    "202\u0666-11-22 09:15:02 ".encode(),
+    b"<1>1 - mailhst1 ",
+]
+_lines = st.tuples(
+    st.sampled_from(_HEADERS),
+    st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join),
+    st.sampled_from([b"", b" Login: user=<a>", b" x: y", b"\r", b"\r\n"]),
+).map(b"".join)
+
+
+# Nearly well-formed lines: most parse, many are claimed, the rest differ by one odd piece.
+_near = st.tuples(
+    st.sampled_from(_HEADERS),
+    st.sampled_from(
+        [
+            b"mailhost ",
+            b"",
+            b"ho:st ",
+            b"h\tx ",
+            "h\u00e9 ".encode(),
+            b"\xff ",
+            b"host: ",
+            b"host\x1c",
+            "host\u2003".encode(),
+            b"host  ",
+            b"a b ",
+        ]
+    ),
+    st.sampled_from(
+        [
+            b"imapd",
+            b"imap",
+            b"dovecot",
+            b"cyrus/pop3",
+            b"pop3-login",
+            b"imapx",
+            b"postfix/smtpd",
+            b"dove",
+            b"in.qpopper",
+            b"im\xffap",
+            b"",
+        ]
+    ),
+    st.sampled_from([b"", b"[42]", b"[x]", b"[]"]),
+    st.sampled_from([b":", b"", b"::"]),
+    st.sampled_from([b" Login: user=<a>", b"", b"x", b"\tmsg", b"\r", b" a: b"]),
+).map(b"".join)
+
+
+def _filter_agrees(data: bytes, programs: frozenset[str]) -> bool:
+    """The filter's contract: it rejects only lines that parse() would also reject."""
+    if not ProgramFilter(programs).unclaimed(data):
+        return True
+    return parser().parse(data.decode("utf-8", "replace"), programs) is None
+
+
+@settings(max_examples=600)
+@given(st.one_of(_lines, _near))
+def test_filter_never_rejects_a_claimed_line(data: bytes) -> None:
+    assert _filter_agrees(data, CLAIMED)
+
+
+@given(
+    st.one_of(_lines, _near),
+    st.sets(st.sampled_from(["qp", "imapd", "x", "T", "host", "dove"]), max_size=3),
+)
+def test_filter_never_rejects_a_claimed_line_short_names(data: bytes, names: set[str]) -> None:
+    assert _filter_agrees(data, frozenset(names))
+
+
+@given(st.binary(max_size=60), st.binary(max_size=60))
+def test_filter_never_rejects_a_claimed_line_random_bytes(head: bytes, tail: bytes) -> None:
+    assert _filter_agrees(b"Nov 22 09:15:02 " + head + b"dovecot: " + tail, CLAIMED)
+    assert _filter_agrees(head + b" imapd[1]: " + tail, CLAIMED)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Nov 22 09:15:02 mailhost postfix/smtpd[3069]: connect from unknown[192.0.2.1]",
+        b"Nov  2 09:15:02 mailhost postfix/qmgr[42752]: 4F2A1: removed",
+        b"Nov 22 09:15:02 postfix/smtpd[3069]: connect from x",
+        b"2026-11-22T09:15:02.123456+01:00 mailhost sshd[1]: Accepted publickey",
+    ],
+)
+def test_filter_rejects_ordinary_unclaimed_lines(data: bytes) -> None:
+    assert ProgramFilter(CLAIMED).unclaimed(data)
+    assert parser().parse(data.decode(), CLAIMED) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Nov 22 09:15:02 mailhost imapd[4242]: Login user=alice host=[192.0.2.10]",
+        b"Nov 22 09:15:02 mailhost dovecot: imap-login: Login: user=<a>",
+        b"Nov 22 09:15:02 pop3-login: Info: Login: user=<a>",  # own log file, no host
+        b"Nov 22 09:15:02 mailhost cyrus/pop3[7]: login: x [192.0.2.1] a plaintext",
+        b"2026-11-22T09:15:02Z mailhost in.qpopper[9]: x",
+        b"Nov 22 09:15:02 mailhost dovecot:",
+        b"Nov 22 09:15:02 mailhost dovecot:\r",
+        # a program that shares its first four bytes with a claimed one: left to parse()
+        b"Nov 22 09:15:02 mailhost imapproxy[3]: (imapd is elsewhere)",
+        # shapes the filter does not judge: it must leave them to parse()
+        b"<13>Nov 22 09:15:02 mailhost postfix/smtpd[1]: x",
+        b"Nov 22 09:15:02.5 mailhost postfix/smtpd[1]: x",
+        b"Nov 2 09:15:02 mailhost postfix/smtpd[1]: x",
+        b"<22>1 2026-11-22T09:15:02Z mailhost postfix/smtpd 1 - - x",
+        b"<1>1 - mailhst1 dovecot 1 - - x",  # RFC 5424 with a space at byte 15
+        "202\u0666-11-22 09:15:02 mailhost dovecot: x".encode(),  # a non-ASCII digit
+        b"short",
+    ],
+)
+def test_filter_passes_claimed_and_unjudged_lines(data: bytes) -> None:
+    assert not ProgramFilter(CLAIMED).unclaimed(data)
+
+
+def test_filter_with_non_ascii_program_judges_nothing() -> None:
+    f = ProgramFilter({"imapd", "pop\ufffd"})
+    assert not f.unclaimed(b"Nov 22 09:15:02 mailhost postfix/smtpd[3069]: connect")

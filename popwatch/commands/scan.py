@@ -22,7 +22,9 @@ from popwatch.errors import StoreError
 from popwatch.exitcodes import EX_NOINPUT, EX_OK
 
 HELP = "read whole log files once through the daemon's pipeline (catch-up), then exit"
-FLUSH_EVERY = 50_000  # pending addresses that force a flush during a scan (bounds memory)
+# Pending addresses that force a flush during a scan (bounds memory); tested after each read
+# chunk, so at most one chunk's logins more are held.
+FLUSH_EVERY = 50_000
 
 
 def register(sub: Any) -> None:
@@ -63,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             source = "(stdin)" if name == "-" else name
             before = pipeline.counters.lines, pipeline.counters.logins
             try:
-                for lineno, data in d.iter_lines(f, source, cfg.max_line_length, pipeline.counters):
-                    pipeline.feed_bytes(data, source, lineno)
+                batches = d.iter_batches(f, source, cfg.max_line_length, pipeline.counters)
+                for first, lines, ascii in batches:
+                    pipeline.feed_batch(lines, source, first, ascii)
                     if writer.pending >= FLUSH_EVERY and not writer.flush():
                         raise StoreError(f"{store.path}: cannot write the relay table")
             except OSError as err:
