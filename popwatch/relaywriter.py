@@ -314,15 +314,11 @@ class RelayWriter:
             # The table as it is now, changes by other tools included, is the new cache.
             self._known = {ip: t for ip, t in current.items() if t > cutoff}
             self._known_loaded = True
-            stale = [ip for ip, stamp in current.items() if stamp <= cutoff]
-            if not stale:
-                return 0
-            removed = 0
-            with self.store.batch() as table:
-                for ip in stale:
-                    stamp = table.get(ip)  # a login may have refreshed it since items()
-                    if stamp is not None and stamp <= cutoff and table.delete(ip):
-                        removed += 1
+            if len(self._known) == len(current):
+                return 0  # nothing old: no exclusive lock, no write
+            # One cursor pass under the lock; it tests each stamp again, so an entry a
+            # login refreshed since items() stays.
+            removed = self.store.expire(cutoff)
         except StoreError as err:
             self.stats.errors += 1
             log.warning("%s: expiry skipped, next try in %.0f s", err, self.expire_interval)

@@ -533,3 +533,222 @@ def test_file_replaced_while_waiting_for_the_lock(path: Path, hold_lock: object)
     t.join(timeout=30)
     assert not t.is_alive() and not errors
     assert raw_items(path) == {b"198.51.100.1": b"9", b"192.0.2.2": b"2"}
+
+
+# -- a batch that fails half-way (disk full, file size limit) ---------------------------------
+
+# A real write failure without root or mounts: RLIMIT_FSIZE makes every write past the
+# limit fail with EFBIG, exactly like ENOSPC on a full disk.  ``hook`` names a subclass of
+# BdbStore that changes the limit at the moment the store puts the file back (to make a
+# fault transient or permanent at a chosen point); the fault itself is always a real one.
+FSIZE_BATCH = """
+import logging, resource, signal, sys
+from pathlib import Path
+from popwatch.errors import StoreError
+from popwatch.store.bdb import BdbStore
+
+logging.basicConfig(level=logging.WARNING, format="log: %(message)s")
+path, count, hook = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+UNLIMITED = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+
+def limit(size):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, UNLIMITED[1]))
+
+
+class Store(BdbStore):
+    def _put_back(self, fd, image, err):
+        if hook == "space-returns":
+            limit(UNLIMITED[0])  # space comes back once the failed batch is undone
+        if hook == "restore-fails":
+            limit(0)
+        super()._put_back(fd, image, err)
+
+
+store = Store(path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+limit(path.stat().st_size)  # the file may not grow
+done = 0
+try:
+    with store.batch() as view:
+        for n in range(count):
+            view.put(f"10.{n >> 8 & 255}.{n & 255}.1", 1795323696)
+            done += 1
+    print("ok")
+except StoreError as err:
+    print(f"after {done}:", err)
+limit(UNLIMITED[0])
+if hook == "restore-fails":
+    print("items:", len(list(store.items())))  # the next access puts the file back
+"""
+
+
+def fsize_batch(path: Path, count: int, hook: str = "") -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", FSIZE_BATCH, str(path), str(count), hook],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout + out.stderr
+
+
+def db_verify(path: Path) -> bool:
+    if shutil.which("db_verify") is None:  # pragma: no cover - db-util is a test dependency
+        pytest.skip("db_verify (db-util) is not installed")
+    return subprocess.run(["db_verify", "-q", str(path)], check=False).returncode == 0
+
+
+@pytest.fixture
+def small_table(path: Path) -> dict[bytes, bytes]:
+    store = open_store(path)
+    with store.batch() as view:
+        for n in range(20):
+            view.put(f"192.0.2.{n}", 1000 + n)
+    return raw_items(path)
+
+
+@pytest.mark.parametrize(
+    ("count", "where"),
+    [(600, "flush"), (40_000, "batch")],  # fits the page cache / spills while putting
+)
+def test_failed_batch_leaves_the_table_as_it_was(
+    path: Path, small_table: dict[bytes, bytes], count: int, where: str
+) -> None:
+    inode, size = path.stat().st_ino, path.stat().st_size
+    out = fsize_batch(path, count)
+    failed_at = count if where == "flush" else None
+    assert "file too large (table left as it was before this batch)" in out, out
+    assert str(path) in out
+    done = int(out.split("after ", 1)[1].split(":", 1)[0])
+    assert done == failed_at if failed_at is not None else done < count, out
+    # Not damaged, not half-written, same file (sendmail keeps its open file).
+    assert db_verify(path)
+    assert raw_items(path) == small_table
+    assert path.stat().st_ino == inode and path.stat().st_size == size
+    # And the next batch, with space back, writes everything.
+    store = open_store(path)
+    with store.batch() as view:
+        for n in range(count):
+            view.put(f"10.{n >> 8 & 255}.{n & 255}.1", 1795323696)
+    assert len(raw_items(path)) == len(small_table) + len({n & 0xFFFF for n in range(count)})
+    assert db_verify(path)
+
+
+def test_flush_that_fails_is_made_again_on_the_restored_file(
+    path: Path, small_table: dict[bytes, bytes]
+) -> None:
+    out = fsize_batch(path, 600, hook="space-returns")
+    assert out.startswith("ok"), out
+    assert "written after all" in out
+    items = raw_items(path)
+    assert len(items) == 620 and items[b"10.2.87.1"] == b"1795323696"
+    assert db_verify(path)
+
+
+def test_file_that_cannot_be_put_back_at_once_is_put_back_at_the_next_access(
+    path: Path, small_table: dict[bytes, bytes]
+) -> None:
+    out = fsize_batch(path, 600, hook="restore-fails")
+    assert "cannot be put back yet: file too large" in out, out
+    assert "items: 20" in out and "put back as it was before a failed write" in out, out
+    assert raw_items(path) == small_table
+    assert db_verify(path)
+
+
+# -- one sync per batch ------------------------------------------------------------------------
+
+SYNC_BATCH = """
+import sys
+from pathlib import Path
+from popwatch.store.bdb import BdbStore
+store = BdbStore(Path(sys.argv[1]))
+with store.batch() as view:
+    for n in range(int(sys.argv[2])):
+        view.put(f"10.{n >> 8 & 255}.{n & 255}.1", 1795323696)
+print(store.expire(1795323696))
+"""
+
+
+@pytest.mark.parametrize("count", [50, 20_000])
+def test_one_lock_and_one_sync_per_batch(path: Path, count: int) -> None:
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    open_store(path).put("192.0.2.1", 1)
+    out = subprocess.run(
+        [
+            *(strace, "-f", "-y", "-e", "trace=fsync,fdatasync,flock", "-o", f"{path}.trace"),
+            *(sys.executable, "-c", SYNC_BATCH, str(path), str(count)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == str(count + 1), out.stderr
+    trace = Path(str(path) + ".trace").read_text().splitlines()
+    mine = [line for line in trace if f"<{path}>" in line]
+    syncs = [line for line in mine if "sync(" in line]
+    exclusive = [line for line in mine if "LOCK_EX" in line]
+    # The batch, then expiry (a look under LOCK_SH, then its own batch): two of each.
+    assert len(exclusive) == 2, mine
+    assert len(syncs) == 2, mine
+    assert db_verify(path)
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+
+def test_expire_removes_our_old_entries_in_one_batch(path: Path) -> None:
+    write_raw(
+        path,
+        {
+            b"192.0.2.1": b"100",
+            b"192.0.2.2": b"200",
+            b"192.0.2.3": b"4102444800",  # pinned
+            b"2001:db8::1": b"100",
+            b"10.1": b"100",  # not ours (a network): left for the administrator
+            b"192.0.2.9": b"soon",  # not ours either
+        },
+    )
+    store = BdbStore(path)
+    flushes = store.flushes
+    assert store.expire(150) == 2
+    assert store.flushes == flushes + 1
+    assert raw_items(path) == {
+        b"192.0.2.2": b"200",
+        b"192.0.2.3": b"4102444800",
+        b"10.1": b"100",
+        b"192.0.2.9": b"soon",
+    }
+    with store.batch() as view:
+        assert view.expire(200) == 1
+        assert view.get("192.0.2.2") is None
+
+
+def test_expire_with_nothing_old_takes_no_exclusive_lock(path: Path, hold_lock: object) -> None:
+    open_store(path).put("192.0.2.1", 500)
+    mtime = path.stat().st_mtime_ns
+    holder = hold_lock("sh")  # type: ignore[operator]
+    store = BdbStore(path, StoreOptions(lock_timeout=0.1), create=False)
+    assert store.expire(499) == 0  # an exclusive lock would time out behind the MTA
+    with pytest.raises(StoreError, match="cannot lock"):
+        store.expire(500)
+    release(holder)
+    assert store.expire(500) == 1
+    assert path.stat().st_mtime_ns > mtime
+
+
+def test_expire_handles_nul_keys_and_many_entries(path: Path) -> None:
+    store = open_store(path, POSTFIX)
+    with store.batch() as view:
+        for n in range(5000):
+            view.put(f"10.0.{n >> 8}.{n & 255}", n)
+        view.put("2001:db8::5", 10)
+    assert store.expire(2499) == 2501
+    left = dict(store.items())
+    assert len(left) == 2500 and min(left.values()) == 2500
+    assert all(k.endswith(b"\0") for k in raw_items(path))

@@ -3,14 +3,19 @@ the always-failing store's promise to fail everywhere."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from popwatch.address import normalize_host
 from popwatch.errors import AddressError, StoreError
 from popwatch.store import Store, StoreOptions, open_store
 from popwatch.store.failing import FailingStore
+from popwatch.store.keys import NUL, KeyCodec, canonical_host
 from popwatch.store.memory import MemoryStore
 
 Factory = Callable[[StoreOptions], Store]
@@ -110,6 +115,7 @@ def test_failing_store_fails_every_operation() -> None:
         lambda: store.items(),
         lambda: store.clear(),
         lambda: store.batch(),
+        lambda: store.expire(1),
     ]
     for op in ops:
         with pytest.raises(StoreError, match=r"^t.db: cannot open: simulated$"):
@@ -118,3 +124,67 @@ def test_failing_store_fails_every_operation() -> None:
     assert store.map_key("192.0.2.1") == "192.0.2.1"  # formatting only, no table access
     with store:
         pass
+
+
+def test_expire_removes_old_entries_only(make: Factory) -> None:
+    store = make(StoreOptions())
+    with store.batch() as view:
+        for i in range(10):
+            view.put(f"192.0.2.{i}", 100 + i)
+        view.put("2001:db8::1", 100)
+    assert store.expire(104) == 6
+    assert sorted(t for _, t in store.items()) == [105, 106, 107, 108, 109]
+    assert store.expire(104) == 0
+    with store.batch() as view:
+        assert view.expire(105) == 1
+        assert view.get("192.0.2.5") is None
+
+
+# -- the key codec's fast path is exactly normalize_host --------------------------------------
+
+
+def _slow(text: str) -> str | None:
+    try:
+        return normalize_host(text)
+    except AddressError:
+        return None
+
+
+def _fast(text: str) -> str | None:
+    try:
+        return canonical_host(text)
+    except AddressError:
+        return None
+
+
+addresses = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+    st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+    # sparse IPv6: runs of zero groups of every length, where compression rules differ
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xDB8]), min_size=8, max_size=8).map(
+        lambda g: str(ipaddress.IPv6Address(sum(x << (16 * i) for i, x in enumerate(g))))
+    ),
+)
+
+
+@given(addresses)
+def test_fast_path_agrees_on_canonical_addresses(text: str) -> None:
+    assert _fast(text) == _slow(text)
+    codec = KeyCodec("POP:", "IPv6:")
+    assert codec.decode_key(codec.encode_key(text, True)) == (_slow(text), "")
+
+
+@given(
+    st.one_of(
+        addresses.map(str.upper),
+        addresses.map(lambda a: a.replace("::", ":0:", 1)),
+        addresses.map(lambda a: "::ffff:" + a if ":" not in a else a),
+        st.text("0123456789abcdefABCDEF:.% /", max_size=45),
+    )
+)
+def test_fast_path_agrees_on_anything(text: str) -> None:
+    assert _fast(text) == _slow(text)
+    codec = KeyCodec()
+    ip, why = codec.decode_key(text.encode("ascii") + NUL)
+    assert ip == (text if _slow(text) == text else None)
+    assert (why == "") == (ip is not None)

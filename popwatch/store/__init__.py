@@ -15,6 +15,8 @@ Contract of every implementation:
                  key or value is not ours are skipped with a warning, never raised.
 ``clear()``      remove every entry, malformed ones included (``load`` rebuilds the table
                  in place with it); returns how many keys were removed.
+``expire(t)``    remove every entry of ours stamped ``<= t`` (one pass; entries that are not
+                 ours stay); returns how many were removed.
 ``map_key(ip)``  the key text as the MTA sees it (prefix included, no NUL): what ``list`` and
                  ``dump`` print so that their output feeds ``makemap hash``/``postmap``.
 ``batch()``      context manager: one exclusive lock, many changes, one sync, one mtime step.
@@ -70,6 +72,7 @@ class TableView(Protocol):
     def delete(self, ip: str) -> bool: ...
     def items(self) -> Iterator[tuple[str, int]]: ...
     def clear(self) -> int: ...
+    def expire(self, cutoff: int) -> int: ...
 
 
 class Store(TableView, Protocol):

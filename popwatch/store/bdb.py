@@ -11,13 +11,36 @@ DESCRIPTION
        ``dict_db`` and sendmail do.  The lock is polled without blocking for at most
        ``lock_timeout`` seconds.  If the path was replaced while we waited, start again on the
        new file;
-    2. open a Berkeley DB (``DB_HASH``) handle on the path.  A zero-length file is a new table;
+    2. open a Berkeley DB (``DB_HASH``) handle on the path.  A zero-length file is a new table.
+       A writer first reads the whole file into memory (one read; a table of 100,000
+       entries is about 5 MB): the state to put back if the batch fails;
     3. read and change it in place; never write a new file and rename it over the old one,
        because sendmail only notices changes to the file it has open;
-    4. if anything changed: sync, close, and make sure the file's modification time moved to
-       a later *whole second* than it had before (both MTAs compare whole seconds; a second
-       change within the same second could leave a freshly started smtpd on old contents);
+    4. if anything changed: write every changed page, sync the file once (one
+       ``fdatasync``: the pages are written with ``memp_trickle``, not ``DB->sync``, and
+       the close then syncs), and make sure the file's modification time moved to a later
+       *whole second* than it had before (both MTAs compare whole seconds; a second change
+       within the same second could leave a freshly started smtpd on old contents);
     5. unlock.
+
+    A failed batch.  Without transactions a batch that fails half-way (the disk fills up,
+    an I/O error) leaves some pages written and others not: a file neither the MTA nor the
+    next batch can read ("damaged Berkeley DB file" for ever after).  So when a change or
+    the flush fails with a StoreError, the file is put back, in place and still under the
+    exclusive lock, to the bytes it held before the batch: only the blocks that differ are
+    rewritten and what the batch appended is cut off, which needs no free space.  A failed
+    flush is then tried once more on the restored file (the space may be back); if that
+    fails too, the file is put back again and the StoreError says "table left as it was
+    before this batch", so a batch is all or nothing and a caller that retries (the
+    daemon's writer keeps its pending addresses) loses nothing.  If even putting back fails,
+    the store remembers the old contents and puts them back at its next access (this is
+    memory, not a journal: a process killed half-way through a batch leaves the damage to
+    :mod:`popwatch.repair` at the next start).  An exception that is not a StoreError (a
+    bug in the caller) keeps the changes made so far, synced.
+
+    Expiry, ``expire(cutoff)``, is one cursor pass that deletes with the cursor, after a
+    look under the shared lock that stops at the first old entry (no exclusive lock and no
+    write when there is nothing to remove).
 
     No handle is kept between sessions: an administrator's ``popwatch delete`` or a
     ``postmap`` may change the file in between, and a long-lived handle would keep stale
@@ -59,8 +82,9 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from berkeleydb import db
 
@@ -74,6 +98,18 @@ log = logging.getLogger("popwatch.store")
 _MODE = 0o644  # the MTA (user postfix, smmsp) reads it; only root writes
 _NS = 1_000_000_000
 _REOPEN_TRIES = 5
+_BLOCK = 4096  # unit in which a failed batch's file is compared and put back
+_CACHE_BYTES = 1 << 20  # Berkeley DB page cache of one write batch
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One change a batch made, kept so that it can be made again after a failed flush."""
+
+    kind: Literal["put", "delete", "expire"]
+    key: bytes = b""
+    value: bytes = b""
+    cutoff: int = 0
 
 
 class _Session:
@@ -84,6 +120,9 @@ class _Session:
         self._db = handle
         self._writable = writable
         self.dirty = False
+        # What this batch changed, in order: made again on the restored file when the
+        # flush fails (see BdbStore._commit).  None while replaying.
+        self.changes: list[_Change] | None = [] if writable else None
         first = self._first_key()
         if first is None:
             self.nul = store.options.key_format == "postfix"
@@ -108,8 +147,7 @@ class _Session:
         codec = self._store.codec
         value = codec.encode_value(stamp, self.nul)
         key = codec.encode_key(ip, self.nul)
-        self._call("write", self._db.put, key, value)
-        self.dirty = True
+        self._put_raw(key, value)
         self._drop_other_form(ip)
 
     def delete(self, ip: str) -> bool:
@@ -120,20 +158,41 @@ class _Session:
         return found
 
     def items(self) -> Iterator[tuple[str, int]]:
-        codec = self._store.codec
+        # One cursor pass, decoding in place: this is half of every expiry, so it avoids
+        # building an intermediate list and re-encoding anything.
+        store = self._store
+        quick_key = store.codec.quick_key
+        decode_key = store.codec.decode_key
+        decode_value = store.codec.decode_value
+        own_nul = self.nul
         found: dict[str, int] = {}
-        for raw_key, raw_value in self._raw_items():
-            ip, why = codec.decode_key(raw_key)
-            if ip is None:
-                self._store.warn_once(raw_key, why)
-                continue
-            stamp = codec.decode_value(raw_value)
-            if stamp is None:
-                self._store.warn_once(raw_key, f'value "{_show(raw_value)}" is not Unix seconds')
-                continue
-            if raw_key.endswith(NUL) != self.nul and ip in found:
-                continue  # both forms of one key: the file's own form wins, as in get()
-            found[ip] = stamp
+        try:
+            cursor = self._db.cursor()
+            try:
+                for raw_key, raw_value in iter(cursor.next, None):  # DB_NEXT starts at the first
+                    match = quick_key(raw_key)
+                    if match is not None:
+                        ip = match[1].decode("ascii")
+                    else:
+                        decoded, why = decode_key(raw_key)
+                        if decoded is None:
+                            store.warn_once(raw_key, why)
+                            continue
+                        ip = decoded
+                    stamp = decode_value(raw_value)
+                    if stamp is None:
+                        store.warn_once(raw_key, f'value "{_show(raw_value)}" is not Unix seconds')
+                        continue
+                    if raw_key[-1:] == NUL:
+                        if not own_nul and ip in found:
+                            continue  # both forms of one key: the file's own form wins
+                    elif own_nul and ip in found:
+                        continue
+                    found[ip] = stamp
+            finally:
+                cursor.close()
+        except db.DBError as err:
+            raise store.error("read", err) from None
         return iter(list(found.items()))
 
     def clear(self) -> int:
@@ -143,7 +202,83 @@ class _Session:
             self._delete_raw(key)
         return len(keys)
 
+    def expire(self, cutoff: int) -> int:
+        self._need_write()
+        count = self._expire_raw(cutoff)
+        if count:
+            self._record(_Change("expire", cutoff=cutoff))
+        return count
+
+    def has_old(self, cutoff: int) -> bool:
+        """Whether :meth:`expire` would remove anything; stops at the first such entry."""
+        return self._scan_old(cutoff, delete=False) > 0
+
+    # -- replay ------------------------------------------------------------------------
+
+    def replay(self, changes: list[_Change]) -> None:
+        """Make ``changes`` (another session's) in this one, byte for byte."""
+        self.changes = None
+        for change in changes:
+            if change.kind == "put":
+                self._put_raw(change.key, change.value)
+            elif change.kind == "delete":
+                self._delete_raw(change.key)
+            else:
+                self._expire_raw(change.cutoff)
+        self.dirty = self.dirty or bool(changes)
+
     # -- helpers -----------------------------------------------------------------------
+
+    def _record(self, change: _Change) -> None:
+        self.dirty = True
+        if self.changes is not None:
+            self.changes.append(change)
+
+    def _put_raw(self, key: bytes, value: bytes) -> None:
+        self._call("write", self._db.put, key, value)
+        self._record(_Change("put", key, value))
+
+    def _expire_raw(self, cutoff: int) -> int:
+        self._need_write()
+        count = self._scan_old(cutoff, delete=True)
+        if count:
+            self.dirty = True
+        return count
+
+    def _scan_old(self, cutoff: int, *, delete: bool) -> int:
+        """Entries of ours stamped ``<= cutoff``, in one cursor pass: deleted with the cursor
+        and counted, or (not ``delete``) 1 at the first one found, else 0.
+
+        The hot loop of expiry (100,000 entries well under a second): the value test is
+        :meth:`KeyCodec.decode_value` written out, the key test is the codec's one-match
+        test for a stored dotted quad before its full decoding.
+        """
+        quick_key = self._store.codec.quick_key
+        decode_key = self._store.codec.decode_key
+        count = 0
+        try:
+            cursor = self._db.cursor()
+            try:
+                for raw_key, raw_value in iter(cursor.next, None):  # DB_NEXT starts at the first
+                    if raw_value[-1:] == NUL:
+                        raw_value = raw_value[:-1]
+                    # Entries that are not ours (``10.1``, bad values) are the
+                    # administrator's to judge: items() reports them, expiry leaves them.
+                    if (
+                        raw_value.isdigit()
+                        and len(raw_value) <= 20
+                        and int(raw_value) <= cutoff
+                        and (quick_key(raw_key) or decode_key(raw_key)[0])
+                    ):
+                        if not delete:
+                            return 1
+                        cursor.delete()
+                        count += 1
+            finally:
+                cursor.close()
+        except db.DBError as err:
+            raise self._store.error("write" if delete else "read", err) from None
+        return count
 
     def _first_key(self) -> bytes | None:
         cursor = self._call("read", self._db.cursor)
@@ -177,7 +312,7 @@ class _Session:
             return False
         except db.DBError as err:
             raise self._store.error("write", err) from None
-        self.dirty = True
+        self._record(_Change("delete", key))
         return True
 
     def _need_write(self) -> None:
@@ -189,6 +324,58 @@ class _Session:
             return fn(*args)
         except db.DBError as err:
             raise self._store.error(action, err) from None
+
+
+class _Connection:
+    """A private Berkeley DB environment with one handle on the table: one write batch.
+
+    Our own environment, rather than the one a bare ``DB()`` makes for itself, so that the
+    batch is flushed with exactly one ``fdatasync``: ``memp_trickle(100)`` writes every dirty
+    page without syncing, and closing the handle and the environment then syncs the file
+    once, because the pool wrote to it.  ``DB->sync()`` followed by ``close()`` synced three
+    times (sync, close's own sync, then that same file sync at close).
+    """
+
+    def __init__(self, store: BdbStore) -> None:
+        path = store.path
+        self.env: Any = db.DBEnv()
+        self.db: Any = None
+        try:
+            self.env.set_cachesize(0, _CACHE_BYTES, 1)
+            self.env.open(None, db.DB_CREATE | db.DB_INIT_MPOOL | db.DB_PRIVATE)
+            self.db = db.DB(self.env)
+            self.db.open(str(path), dbtype=db.DB_HASH, flags=db.DB_CREATE, mode=_MODE)
+        except db.DBError as err:
+            self.abandon()
+            raise StoreError(f"{path}: cannot open: {_describe(err)}") from None
+
+    def flush(self, dirty: bool) -> None:
+        """Write what changed, sync once, close; DBError as it comes."""
+        handle, self.db = self.db, None
+        env, self.env = self.env, None
+        try:
+            if dirty:
+                env.memp_trickle(100)
+                if env.memp_stat()[0]["page_dirty"]:  # pragma: no cover - trickle wrote all
+                    handle.sync()
+        except BaseException:
+            self.db, self.env = handle, env
+            raise
+        try:
+            handle.close(db.DB_NOSYNC)  # nothing is dirty any more; the pool syncs at close
+        finally:
+            env.close()
+
+    def abandon(self) -> None:
+        """Close without caring what gets written: the caller puts the file back after."""
+        handle, self.db = self.db, None
+        env, self.env = self.env, None
+        if handle is not None:
+            with suppress(db.DBError):
+                handle.close(db.DB_NOSYNC)
+        if env is not None:
+            with suppress(db.DBError):
+                env.close()
 
 
 class BdbStore:
@@ -211,7 +398,11 @@ class BdbStore:
         self._monotonic = monotonic
         self._warned: set[bytes] = set()
         self._closed = False
+        # (dev, inode, contents) of a table a failed batch left damaged and that could not
+        # be put back at once: the next session puts it back before anything else.
+        self._unrepaired: tuple[int, int, bytes] | None = None
         self.flushes = 0  # sessions that changed the file (each one sync and one mtime step)
+        self.repairs = 0  # failed batches whose file was put back as it was before them
         # Check the file now so that a broken table is reported at start-up.  An existing
         # table is checked under a shared lock only: an exclusive one would make opening
         # wait for every MTA lookup in progress, and needs write permission.
@@ -253,6 +444,15 @@ class BdbStore:
         with self.batch() as session:
             return session.clear()
 
+    def expire(self, cutoff: int) -> int:
+        # Look first under a shared lock, stopping at the first old entry: with nothing to
+        # remove, take no exclusive lock (it waits for every MTA lookup) and write nothing.
+        with self._session(write=False) as session:
+            if not session.has_old(cutoff):
+                return 0
+        with self.batch() as session:
+            return session.expire(cutoff)
+
     def map_key(self, ip: str) -> str:
         return self.codec.map_key(ip)
 
@@ -271,22 +471,140 @@ class BdbStore:
     def _session(self, *, write: bool, create: bool = False) -> Iterator[_Session]:
         if self._closed:
             raise StoreError(f"{self._path}: table used after close")
+        # A damaged file we could not put back yet is put back first, even by a reader:
+        # that needs the exclusive lock.
+        if not write and self._unrepaired is not None:
+            write = self._unrepaired[:2] == _identity(self._path)
         fd = self._open_locked(write)
         try:
-            before = os.fstat(fd)
-            handle = self._open_db(write, new=before.st_size == 0)
-            session = _Session(self, handle, write)
-            try:
-                yield session
-            finally:
-                # Sync even after an exception: without transactions nothing can be rolled
-                # back, and a synced file is consistent for the MTA.
-                self._close_db(handle, session.dirty)
-            if session.dirty or (create and before.st_size == 0):
-                self._step_mtime(fd, before)
-                self.flushes += 1
+            if write:
+                with self._writing(fd, create) as session:
+                    yield session
+            else:
+                handle = self._open_db(new=os.fstat(fd).st_size == 0)
+                try:
+                    session = _Session(self, handle, False)
+                    yield session
+                finally:
+                    try:
+                        handle.close()
+                    except db.DBError as err:
+                        raise self.error("read", err) from None
         finally:
             os.close(fd)  # releases the flock
+
+    @contextmanager
+    def _writing(self, fd: int, create: bool) -> Iterator[_Session]:
+        """One write batch under the exclusive lock held on ``fd``.
+
+        The file's contents before the batch are kept in memory (one read; the table is a
+        few MB at most).  When the batch fails with a StoreError, or its flush does, the
+        file is put back exactly as it was, in place, before the lock is released: a disk
+        that filled up half-way through a batch must not leave a file that neither the MTA
+        nor the next batch can read.  A failed flush is then tried once more from the
+        restored file; a failed change inside the batch is not (the caller's code stopped
+        there), and the StoreError goes up with the table unchanged.
+        """
+        self._put_back_unrepaired(fd)
+        before = os.fstat(fd)
+        image = self._read_image(fd)
+        try:
+            conn = _Connection(self)
+        except StoreError as err:  # a new file's first page may be written half
+            self._roll_back(fd, image, err)
+        try:
+            session = _Session(self, conn.db, True)
+        except StoreError as err:
+            conn.abandon()
+            self._roll_back(fd, image, err)
+        try:
+            yield session
+        except StoreError as err:
+            conn.abandon()
+            self._roll_back(fd, image, err)
+        except BaseException:
+            # A bug or an interrupt in the caller: keep what it did, as a synced file, like
+            # the changes it made before (nothing tells which part it wanted).
+            self._commit(fd, before, image, conn, session, create)
+            raise
+        self._commit(fd, before, image, conn, session, create)
+
+    def _commit(
+        self,
+        fd: int,
+        before: os.stat_result,
+        image: bytes,
+        conn: _Connection,
+        session: _Session,
+        create: bool,
+    ) -> None:
+        try:
+            conn.flush(session.dirty or before.st_size == 0)  # a new file: its first pages
+        except db.DBError as err:
+            conn.abandon()
+            self._redo(fd, image, session.changes or [], self.error("write", err))
+        if session.dirty or (create and before.st_size == 0):
+            self._step_mtime(fd, before)
+            self.flushes += 1
+
+    def _redo(self, fd: int, image: bytes, changes: list[_Change], err: StoreError) -> None:
+        """Put the file back as it was and make the batch's changes again; StoreError (the
+        file put back again) if that fails too."""
+        self._put_back(fd, image, err)
+        conn = None
+        try:
+            conn = _Connection(self)
+            session = _Session(self, conn.db, True)
+            session.replay(changes)
+            conn.flush(session.dirty or not image)
+        except (StoreError, db.DBError) as again:
+            if conn is not None:
+                conn.abandon()
+            if isinstance(again, db.DBError):
+                again = self.error("write", again)
+            self._roll_back(fd, image, again)
+        log.warning("%s: written after all, on the file put back as it was", err)
+
+    def _roll_back(self, fd: int, image: bytes, err: StoreError) -> NoReturn:
+        """Put the file back as it was before the batch and raise ``err``."""
+        self._put_back(fd, image, err)
+        raise StoreError(f"{err} (table left as it was before this batch)") from None
+
+    def _put_back(self, fd: int, image: bytes, err: StoreError) -> None:
+        """Make the file hold ``image`` again (in place, same inode); when even that fails,
+        remember it for the next session and raise a StoreError saying so."""
+        self.repairs += 1
+        try:
+            _restore(fd, image)
+        except OSError as oserr:
+            st = os.fstat(fd)
+            self._unrepaired = (st.st_dev, st.st_ino, image)
+            raise StoreError(
+                f"{err}; the table may be damaged and cannot be put back yet: "
+                f"{_strerror(oserr)} (tried again at the next access)"
+            ) from None
+
+    def _put_back_unrepaired(self, fd: int) -> None:
+        if self._unrepaired is None:
+            return
+        dev, ino, image = self._unrepaired
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            try:
+                _restore(fd, image)
+            except OSError as err:
+                raise StoreError(
+                    f"{self._path}: damaged by a failed write and cannot be put back yet: "
+                    f"{_strerror(err)}"
+                ) from None
+            log.warning("%s: put back as it was before a failed write", self._path)
+        self._unrepaired = None  # put back, or the file was replaced: not ours to restore
+
+    def _read_image(self, fd: int) -> bytes:
+        try:
+            return _read_all(fd)
+        except OSError as err:
+            raise StoreError(f"{self._path}: cannot read: {_strerror(err)}") from None
 
     def _open_locked(self, write: bool) -> int:
         flags = (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY
@@ -328,27 +646,19 @@ class BdbStore:
             self._sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
 
-    def _open_db(self, write: bool, new: bool) -> Any:
-        if new and not write:
+    def _open_db(self, new: bool) -> Any:
+        """A read-only handle (writers use a _Connection)."""
+        if new:
             # An empty file under a shared lock: someone is about to create the table.  Read
             # it as an empty table rather than asking Berkeley DB to open nothing.
             return _EmptyTable()
         handle = db.DB()
-        flags = db.DB_CREATE if write else db.DB_RDONLY
         try:
-            handle.open(str(self._path), dbtype=db.DB_HASH, flags=flags, mode=_MODE)
+            handle.open(str(self._path), dbtype=db.DB_HASH, flags=db.DB_RDONLY, mode=_MODE)
         except db.DBError as err:
             _quiet_close(handle)
             raise StoreError(f"{self._path}: cannot open: {_describe(err)}") from None
         return handle
-
-    def _close_db(self, handle: Any, dirty: bool) -> None:
-        try:
-            if dirty:
-                handle.sync()
-            handle.close()
-        except db.DBError as err:
-            raise self.error("write", err) from None
 
     def _step_mtime(self, fd: int, before: os.stat_result) -> None:
         after = os.fstat(fd)
@@ -397,11 +707,51 @@ class _EmptyTable:
         pass
 
 
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 24), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _restore(fd: int, image: bytes) -> None:
+    """Make the open file hold exactly ``image``, in place, and sync it.
+
+    Only the blocks that differ are written, over blocks the file already has, and what the
+    failed batch appended is cut off first: this needs no free space on the usual file
+    systems (ext4, xfs, tmpfs), which is the point when the disk is full.
+    """
+    os.ftruncate(fd, len(image))
+    current = memoryview(_read_all(fd))
+    wanted = memoryview(image)
+    for offset in range(0, len(image), _BLOCK):
+        block = wanted[offset : offset + _BLOCK]
+        if current[offset : offset + _BLOCK] != block:
+            while block:
+                written = os.pwrite(fd, block, offset)
+                block, offset = block[written:], offset + written
+    os.fdatasync(fd)
+
+
 def _has_content(path: Path) -> bool:
     try:
         return os.stat(path).st_size > 0
     except OSError:
         return False  # missing (we create it) or unreachable (the open reports why)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -57,6 +57,9 @@ class FailingStore:
     def clear(self) -> int:
         self._fail()
 
+    def expire(self, cutoff: int) -> int:
+        self._fail()
+
     def batch(self) -> AbstractContextManager[TableView]:
         self._fail()
 

@@ -60,6 +60,13 @@ class _View:
         self.dirty = self.dirty or count > 0
         return count
 
+    def expire(self, cutoff: int) -> int:
+        old = [ip for ip, stamp in self._data.items() if stamp <= cutoff]
+        for ip in old:
+            del self._data[ip]
+        self.dirty = self.dirty or bool(old)
+        return len(old)
+
 
 class MemoryStore:
     """A dict behind the Store contract."""
@@ -102,6 +109,10 @@ class MemoryStore:
     def clear(self) -> int:
         with self.batch() as view:
             return view.clear()
+
+    def expire(self, cutoff: int) -> int:
+        with self.batch() as view:
+            return view.expire(cutoff)
 
     def map_key(self, ip: str) -> str:
         return self._codec.map_key(ip)
