@@ -47,8 +47,13 @@ DESCRIPTION
     proved by ``tests/test_grammar_compile.py`` (every shipped rule against pyparsing on every
     fixture line, stretched lines and random variants).
 
+    Cost.  ``compile_rule(whole, cache, lazy=True)`` is what a matcher uses: the Regex patterns'
+    checks are kept in ``cache`` for the next rule, and ``re.compile`` waits for the first
+    match.  Normalized IPv6 texts are remembered per rule (bounded).
+
 ERRORS
-    :class:`Untranslatable` from :func:`compile_rule`.  :meth:`CompiledRule.results` returns
+    :class:`Untranslatable` from :func:`compile_rule`, and from the first match of a lazy rule
+    whose combined regex does not compile.  :meth:`CompiledRule.results` returns
     None when an extracted address that the regex admitted is still refused (it cannot
     happen for the building blocks; it is the fail-closed answer if it did).
 """
@@ -73,25 +78,34 @@ __all__ = ["IPV6_VALID", "NEEDED", "CompiledRule", "Untranslatable", "compile_ru
 NEEDED: Final = frozenset({"ip", "user", "pid"})
 
 _NO: Final = object()  # a site that did not assign its name on this match
+_V6_MEMO: Final = 4096  # normalized IPv6 texts remembered per rule
+# ::ffff:a.b.c.d with a canonical quad (what Courier and Dovecot log for IPv4 clients)
+_MAPPED_V4: Final = re.compile(rf"::[fF]{{4}}:({_grammar._IPV4_RE})")
 
 # --- exact IPv6 validity over the candidate alphabet [0-9A-Fa-f:.] -----------------------------
 # Python's ipaddress.IPv6Address: 8 hextets of 1-4 hex digits, at most one "::" standing for at
 # least one zero hextet, an optional dotted-quad tail (octets 0-255, no leading zeros) counting
-# as two hextets.
+# as two hextets.  The "::" forms check their shape with backtracking and their size with a
+# lookahead that counts the runs of hex digits possessively (linear time, whatever the text);
+# an enumeration of every (left, right) split is the same language but costs ~7 ms of
+# re.compile per rule that contains it.
 _H: Final = r"[0-9A-Fa-f]{1,4}"
 _V4: Final = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
 
 
 def _ipv6_forms() -> str:
-    forms = [rf"(?:{_H}:){{7}}{_H}", rf"(?:{_H}:){{6}}{_V4}"]
-    for a in range(8):
-        left = "" if a == 0 else (rf"(?:{_H}:){{{a - 1}}}{_H}" if a > 1 else _H)
-        for b in range(8 - a):
-            right = "" if b == 0 else (rf"{_H}(?::{_H}){{{b - 1}}}" if b > 1 else _H)
-            forms.append(f"{left}::{right}")
-        for c in range(6 - a):  # a dotted-quad tail counts as two hextets
-            mid = "" if c == 0 else rf"(?:{_H}:){{{c}}}"
-            forms.append(f"{left}::{mid}{_V4}")
+    def at_most(runs: int, tail: str) -> str:
+        # at most ``runs`` hex-digit runs (one not followed by "." is a hextet), then ``tail``,
+        # then the end of the candidate
+        return rf"(?=(?::*+[0-9A-Fa-f]++(?![.])){{0,{runs}}}+:*+{tail}(?![0-9A-Fa-f:.]))"
+
+    side = rf"(?:{_H}(?::{_H})*)?"
+    forms = [
+        rf"(?:{_H}:){{7}}{_H}",
+        rf"(?:{_H}:){{6}}{_V4}",
+        at_most(7, "") + rf"{side}::{side}",  # "::" stands for 1-8 zero hextets
+        at_most(5, _V4) + rf"{side}::(?:{_H}:)*{_V4}",
+    ]
     return "(?:" + "|".join(forms) + ")"
 
 
@@ -107,21 +121,46 @@ class Untranslatable(Exception):
     """The grammar uses something this compiler cannot reproduce exactly."""
 
 
-@dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """A rule's grammar as one regex; see the module docstring."""
+    """A rule's grammar as one regex; see the module docstring.
 
-    regex: re.Pattern[str]
-    # Results from a match: name -> text (None when pyparsing would give None); None when the
-    # match must count as no match after all (fail closed).
-    extract: Callable[[re.Match[str]], dict[str, str | None] | None]
-    # True: a match only says "maybe"; pyparsing gives the answer (unknown parse actions).
-    confirm: bool
+    ``pattern`` is the regex's text; it is compiled on the first :meth:`match` (or
+    :attr:`regex`) when :func:`compile_rule` was asked to be ``lazy``: a matcher then pays
+    ``re.compile`` only for the rules its log reaches.  A lazy rule whose regex does not
+    compile raises :class:`Untranslatable` from that first call.
+    """
+
+    __slots__ = ("_regex", "confirm", "extract", "pattern")
+
+    def __init__(
+        self,
+        pattern: str,
+        extract: Callable[[re.Match[str]], dict[str, str | None] | None],
+        confirm: bool,
+        regex: re.Pattern[str] | None = None,
+    ) -> None:
+        self.pattern = pattern
+        # Results from a match: name -> text (None when pyparsing would give None); None when
+        # the match must count as no match after all (fail closed).
+        self.extract = extract
+        # True: a match only says "maybe"; pyparsing gives the answer (unknown parse actions).
+        self.confirm = confirm
+        self._regex = regex
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        regex = self._regex
+        if regex is None:
+            regex = self._regex = _compile_whole(self.pattern)
+        return regex
 
     def match(self, message: str) -> re.Match[str] | None:
         if "\t" in message:
             message = message.expandtabs()
-        return self.regex.match(message)
+        regex = self._regex
+        if regex is None:
+            regex = self.regex
+        return regex.match(message)
 
     def results(self, message: str) -> dict[str, str | None] | None:
         """Match and extract; None for no match."""
@@ -147,7 +186,8 @@ class _Frag:
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    def __init__(self, cache: RenameCache | None = None) -> None:
+        self.cache: RenameCache = {} if cache is None else cache
         self.groups = 0
         self.confirm = False
         self.all_names = False  # sites for every name (inside an emulated action's element)
@@ -419,7 +459,7 @@ class _Compiler:
         scoped = flags & ~re.UNICODE
         if scoped & ~(re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE):
             raise Untranslatable(f"pattern {pattern!r}: unsupported flags")
-        renamed, mapping = _rename_groups(pattern, flags, self.new_group)
+        renamed, mapping = _rename_groups(pattern, flags, self.new_group, self.cache)
         letters = "".join(
             c for c, f in (("i", re.I), ("m", re.M), ("s", re.S), ("x", re.X)) if scoped & f
         )
@@ -437,9 +477,21 @@ class _Compiler:
 
         elif whole:
             if known == "v6":
+                # ipaddress is slow (~15 us) and a log repeats its clients (::ffff:a.b.c.d);
+                # bounded, cleared when full.  A refused text is not kept: it raises again.
+                memo: dict[str, str] = {}
 
                 def toks(m: re.Match[str]) -> list[str]:
-                    return [normalize_host(m.group(whole))]
+                    text = m.group(whole)
+                    value = memo.get(text)
+                    if value is None:
+                        mapped = _MAPPED_V4.fullmatch(text)
+                        # normalize_host unwraps a mapped address: its canonical dotted quad
+                        value = mapped.group(1) if mapped else normalize_host(text)
+                        if len(memo) >= _V6_MEMO:
+                            memo.clear()
+                        memo[text] = value
+                    return [value]
 
             elif known == "v4":
                 # The pattern admits only canonical dotted quads (octets 0-255, no leading
@@ -505,14 +557,44 @@ def _action_funcs(actions: Sequence[Any] | pp.ParserElement) -> list[Any]:
     return out
 
 
+# Text that might be a named group, a back reference or inline flags; an escaped backslash or a
+# character class makes it a false alarm at worst (the full check runs).
+_MAYBE_SPECIAL = re.compile(r"\\[1-9gk]|\(\?[^:=!<>]|\(\?<[^=!]")
 _NAMED_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
 
 
+# (pattern, flags) -> the pattern split at its named groups' names, and those names: what
+# _rename_groups checked once (the check does not depend on the fresh names).
+RenameCache = dict[tuple[str, int], tuple[tuple[str, ...], tuple[str, ...]]]
+
+
 def _rename_groups(
-    pattern: str, flags: int, new_group: Callable[[], str]
+    pattern: str, flags: int, new_group: Callable[[], str], cache: RenameCache | None = None
 ) -> tuple[str, dict[str, str]]:
     """Rename a Regex's named groups to fresh names; refuse back references and anything whose
     renamed parse differs from the original's (the check that the rewrite changed names only)."""
+    key = (pattern, flags)
+    template = cache.get(key) if cache is not None else None
+    if template is None:
+        template = _rename_template(pattern, flags)
+        if cache is not None:
+            cache[key] = template
+    parts, names = template
+    mapping: dict[str, str] = {}
+    out = [parts[0]]
+    for name, part in zip(names, parts[1:], strict=True):
+        fresh = mapping[name] = new_group()
+        out += ("(?P<", fresh, ">", part)
+    return "".join(out), mapping
+
+
+def _rename_template(pattern: str, flags: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``pattern`` split before and after each named group's name (``(?P<`` and ``>`` left
+    out), checked: no back references, and renaming changes nothing but names."""
+    if not flags & re.VERBOSE and _MAYBE_SPECIAL.search(pattern) is None:
+        # No group names, back references or inline flags can hide in it (most Word and
+        # building-block patterns): nothing to rename or check.
+        return (pattern,), ()
     try:
         # the stdlib's own regex parser: the check that the rewrite changed names only
         sre_parse: Any = importlib.import_module("re._parser")
@@ -524,7 +606,8 @@ def _rename_groups(
         raise Untranslatable(f"pattern {pattern!r}: {err}") from None
     if _has_backrefs(original):
         raise Untranslatable(f"pattern {pattern!r}: back references")
-    mapping: dict[str, str] = {}
+    names: list[str] = []
+    parts: list[str] = []
     out: list[str] = []
     i, n, in_class = 0, len(pattern), False
     verbose = bool(flags & re.VERBOSE)
@@ -556,23 +639,24 @@ def _rename_groups(
             raise Untranslatable(f"pattern {pattern!r}: verbose comments")
         m = _NAMED_GROUP.match(pattern, i)
         if m is not None:
-            fresh = new_group()
-            mapping[m.group(1)] = fresh
-            out.append(f"(?P<{fresh}>")
+            names.append(m.group(1))
+            parts.append("".join(out))
+            out = []
             i = m.end()
             continue
         out.append(c)
         i += 1
-    renamed = "".join(out)
+    parts.append("".join(out))
+    renamed = parts[0] + "".join(f"(?P<g{k}>{part}" for k, part in enumerate(parts[1:], 1))
     try:
         again = sre_parse.parse(renamed, flags)
     except re.error as err:
         raise Untranslatable(f"pattern {pattern!r}: rewrite failed: {err}") from None
-    if _dump(again) != _dump(original) or set(mapping) != set(original.state.groupdict):
+    if _dump(again) != _dump(original) or set(names) != set(original.state.groupdict):
         raise Untranslatable(f"pattern {pattern!r}: rewrite changed its meaning")
     if original.state.flags & ~flags & ~re.UNICODE:
         raise Untranslatable(f"pattern {pattern!r}: inline global flags")
-    return renamed, mapping
+    return tuple(parts), tuple(names)
 
 
 def _dump(sub: Any) -> Any:
@@ -606,19 +690,28 @@ def _has_backrefs(sub: Any) -> bool:
     return False
 
 
-def compile_rule(whole: pp.ParserElement) -> CompiledRule:
-    """Compile a streamlined ``grammar + StringEnd()``; raise Untranslatable."""
-    c = _Compiler()
-    frag = c.tr(whole, True, False, "root")
+def _compile_whole(pattern: str) -> re.Pattern[str]:
     try:
-        regex = re.compile(frag.pat)
+        return re.compile(pattern)
     except (re.error, RecursionError, OverflowError) as err:
         raise Untranslatable(f"combined pattern does not compile: {err}") from None
+
+
+def compile_rule(
+    whole: pp.ParserElement, cache: RenameCache | None = None, *, lazy: bool = False
+) -> CompiledRule:
+    """Compile a streamlined ``grammar + StringEnd()``; raise Untranslatable.  ``cache`` (an
+    empty dict to start with, shared by the rules of one matcher) saves checking the same
+    Regex pattern again.  ``lazy``: leave ``re.compile`` to the first match (see
+    :class:`CompiledRule`)."""
+    c = _Compiler(cache)
+    frag = c.tr(whole, True, False, "root")
+    regex = None if lazy else _compile_whole(frag.pat)
     sites = [s for s in frag.sites if s[0] in NEEDED]
     if c.confirm:
-        return CompiledRule(regex, lambda m: {}, True)
+        return CompiledRule(frag.pat, lambda m: {}, True, regex)
     if c.emulated is not None:
-        return CompiledRule(regex, _emulated_extract(*c.emulated), False)
+        return CompiledRule(frag.pat, _emulated_extract(*c.emulated), False, regex)
 
     def extract(m: re.Match[str]) -> dict[str, str | None] | None:
         out: dict[str, str | None] = {}
@@ -633,7 +726,7 @@ def compile_rule(whole: pp.ParserElement) -> CompiledRule:
             return None
         return out
 
-    return CompiledRule(regex, extract, False)
+    return CompiledRule(frag.pat, extract, False, regex)
 
 
 def _emulated_extract(

@@ -33,7 +33,10 @@ DESCRIPTION
     Speed.  Each rule's grammar is compiled once to an equivalent regular expression
     (:mod:`popwatch.grammar_compile`); a rule whose grammar uses something the compiler cannot
     reproduce exactly keeps pyparsing (the reason is logged at debug level), and a rule with a
-    pattern author's own parse action uses the regex to reject and pyparsing to confirm.
+    pattern author's own parse action uses the regex to reject and pyparsing to confirm.  The
+    translation runs in the constructor; ``re.compile`` of a rule's regex waits for the first
+    line that reaches the rule (start-up pays only for the daemons the log holds), and a regex
+    that then does not compile puts that rule on pyparsing for good (logged at debug level).
     ``compile_grammars=False`` runs pyparsing for every rule (the reference the tests compare
     against).
 
@@ -72,7 +75,13 @@ from popwatch.address import normalize_host
 from popwatch.errors import AddressError
 from popwatch.event import LoginEvent
 from popwatch.grammar import AUTH, CONNECT, END, LOGIN, OTHER, Pattern, Rule
-from popwatch.grammar_compile import NEEDED, CompiledRule, Untranslatable, compile_rule
+from popwatch.grammar_compile import (
+    NEEDED,
+    CompiledRule,
+    RenameCache,
+    Untranslatable,
+    compile_rule,
+)
 from popwatch.sessions import Pending, PendingSessions
 from popwatch.syslogline import LineParser, LogLine
 
@@ -114,7 +123,7 @@ class MatchStats:
         return sum(self.events.values())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Compiled:
     pattern: str
     rule: Rule
@@ -122,20 +131,22 @@ class _Compiled:
     # rule.grammar + StringEnd(), built once: what parse_all=True does, without pyparsing
     # building the same two elements again for every line.
     whole: pp.ParserElement
-    fast: CompiledRule | None  # the grammar as one regex; None: pyparsing only
+    # The grammar as one regex, compiled on first use; None: pyparsing only (set to None when
+    # the lazy compilation fails).
+    fast: CompiledRule | None
     is_other: bool
 
 
 Results = dict[str, str | None]  # "ip", "user", "pid" -> text as pyparsing gives it
 
 
-def _compile(pattern: str, rule: Rule, use_regex: bool) -> _Compiled:
+def _compile(pattern: str, rule: Rule, use_regex: bool, cache: RenameCache) -> _Compiled:
     whole = rule.grammar + pp.StringEnd()
     whole.streamline()
     fast = None
     if use_regex:
         try:
-            fast = compile_rule(whole)
+            fast = compile_rule(whole, cache, lazy=True)
         except Untranslatable as err:
             log.debug("pattern %s, rule %s: kept on pyparsing: %s", pattern, rule.name, err)
         except Exception as err:  # a compiler bug must cost speed, never a pattern
@@ -178,10 +189,11 @@ class Matcher:
         self.pending = PendingSessions(max_pending, pending_age)
         self.stats = MatchStats(missed=deque(maxlen=max(keep_missed, 0)))
         self._by_program: dict[str, list[_Claim]] = {}
+        cache: RenameCache = {}
         for p in self.patterns:
             claim = _Claim(
                 frozenset(p.hosts),
-                tuple(_compile(p.name, r, compile_grammars) for r in p.rules),
+                tuple(_compile(p.name, r, compile_grammars, cache) for r in p.rules),
             )
             for program in dict.fromkeys(p.programs):
                 self._by_program.setdefault(program, []).append(claim)
@@ -254,6 +266,15 @@ class Matcher:
             return {name: _text(results, name) for name in NEEDED}
         except pp.ParseBaseException:
             return None
+        except Untranslatable as err:  # the lazily compiled regex did not compile
+            log.debug(
+                "pattern %s, rule %s: kept on pyparsing: %s",
+                compiled.pattern,
+                compiled.rule.name,
+                err,
+            )
+            compiled.fast = None
+            return self._parse(compiled, message)
         except Exception as err:  # a broken grammar or parse action must not stop the daemon
             key = (compiled.pattern, compiled.rule.name)
             self.stats.errors[key] += 1
