@@ -20,6 +20,9 @@ DESCRIPTION
         RFC 5424 (``RSYSLOG_SyslogProtocol23Format``); ``-`` stands for an absent field.
     ``Nov 22 09:15:02 pop3-login: Info: Login: ...``
         A daemon's own log file (Dovecot ``log_path``): no host; ``host`` is ``""``.
+    Qpopper's own trace file (``-t FILE``)
+        ``Nov 22 09:15:02.123 2026 [4242] msg`` (qpopper 4) or ``Sun Nov 22 09:15:02 2026
+        [4242]  msg`` (qpopper 3): program ``qpopper``, no host, the year as written.
 
     Tags may have no pid (``dovecot:``) and may contain ``/``, ``.``, ``-`` and ``_``
     (``cyrus/pop3[7]``, ``perdition.pop3``, ``pop3d-ssl``).  :func:`from_journal` turns a
@@ -92,6 +95,18 @@ _ISO: Final = re.compile(
     r"(?:Z|[+-]\d\d:?\d\d)?) " + _HOST + _TAG,
     re.DOTALL,
 )
+# Qpopper's own trace file (-t FILE): no host and no tag, the year after the time, the pid in
+# brackets.  qpopper 4: "Nov 22 09:15:02.123 2026 [4242] msg"; qpopper 3: "Sun Nov 22 09:15:02
+# 2026 [4242]  msg".  Such a line can only come from qpopper writing its own file (syslog
+# always puts a header first), so it is attributed to the program QPOPPER_TRACE_PROGRAM.
+_QPOPPER_TRACE: Final = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?"
+    r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<day>[ \d]?\d) "
+    r"(?P<hh>\d\d):(?P<mm>\d\d):(?P<ss>\d\d)(?P<frac>\.\d{1,9})? (?P<year>\d{4}) "
+    r"\[(?P<pid>\d{1,10})\]  ?(?P<msg>.*)",
+    re.DOTALL,
+)
+QPOPPER_TRACE_PROGRAM: Final = "qpopper"
 # RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]
 _RFC5424: Final = re.compile(
     r"<\d{1,3}>1 (?P<ts>\S+) (?P<host>\S+) (?P<prog>\S+) (?P<pid>\S+) \S+ "
@@ -155,7 +170,7 @@ class LineParser:
                 return LogLine(_iso_time(ts, self._tz), host or "", prog, _int_or_none(pid), msg)
         m = _RFC3164.match(line)
         if m is None:
-            return None
+            return self._qpopper_trace(line, programs)
         prog = m.group("prog")
         if programs is not None and prog not in programs:
             return None
@@ -167,6 +182,20 @@ class LineParser:
             prog,
             _int_or_none(pid),
             msg,
+        )
+
+    def _qpopper_trace(self, line: str, programs: Container[str] | None) -> LogLine | None:
+        mt = _QPOPPER_TRACE.match(line)
+        if mt is None or (programs is not None and QPOPPER_TRACE_PROGRAM not in programs):
+            return None
+        mon, day, hh, mm, ss, frac, year, pid, msg = mt.groups()
+        try:
+            dt = datetime.datetime(int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss))
+        except ValueError:
+            return None
+        ts = dt.replace(tzinfo=self._tz).timestamp() if self._tz else dt.timestamp()
+        return LogLine(
+            ts + (float(frac) if frac else 0.0), "", QPOPPER_TRACE_PROGRAM, int(pid), msg
         )
 
     def _rfc5424(self, m: re.Match[str], programs: Container[str] | None) -> LogLine | None:
@@ -281,6 +310,10 @@ class ProgramFilter:
         sp = data.find(b" ", start)
         if sp > start and data[sp - 1] != 58:
             start = sp + 1
+        if data[start : start + 1] == b"[":
+            # Qpopper's trace shape ("... 2026 [4242] msg"): parse() reads it as program
+            # QPOPPER_TRACE_PROGRAM, which these bytes do not show; never reject it here.
+            return False
         return data[start : start + self._width] not in self._prefixes
 
 

@@ -425,3 +425,41 @@ def test_filter_passes_claimed_and_unjudged_lines(data: bytes) -> None:
 def test_filter_with_non_ascii_program_judges_nothing() -> None:
     f = ProgramFilter({"imapd", "pop\ufffd"})
     assert not f.unclaimed(b"Nov 22 09:15:02 mailhost postfix/smtpd[3069]: connect")
+
+
+@pytest.mark.parametrize(
+    ("text", "when", "pid", "msg"),
+    [
+        (
+            "Nov 22 09:15:02.250 2026 [4242] (v4.1.0) POP login by user",
+            datetime.datetime(2026, 11, 22, 9, 15, 2, 250000, tzinfo=UTC),
+            4242,
+            "(v4.1.0) POP login by user",
+        ),
+        (
+            "Sun Nov 22 09:15:02 2026 [7]  POP login",
+            datetime.datetime(2026, 11, 22, 9, 15, 2, tzinfo=UTC),
+            7,
+            "POP login",
+        ),
+        (
+            "Dec 31 23:59:59 2025 [8] x",  # the year is written: no inference from the clock
+            datetime.datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
+            8,
+            "x",
+        ),
+    ],
+)
+def test_qpopper_trace_file_shape(text: str, when: datetime.datetime, pid: int, msg: str) -> None:
+    line = parser().parse(text)
+    assert line == LogLine(when.timestamp(), "", "qpopper", pid, msg)
+    assert parser().parse(text, programs={"dovecot"}) is None
+    # The byte filter must let it through to parse() whenever qpopper is claimed.
+    assert not ProgramFilter(["qpopper", "dovecot"]).unclaimed(text.encode())
+
+
+def test_qpopper_trace_shape_needs_its_brackets_and_year() -> None:
+    p = parser()
+    assert p.parse("Nov 22 09:15:02 2026 4242 POP login") is None
+    assert p.parse("Nov 22 09:15:02 26 [4242] POP login") is None
+    assert p.parse("Feb 30 09:15:02 2026 [4242] POP login") is None  # no such day
