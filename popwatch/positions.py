@@ -11,7 +11,8 @@ DESCRIPTION
     its first bytes: inode numbers are reused after a file is deleted, so ``(dev, ino)`` alone
     cannot tell "the same file" from "a new file that got the old number".  The file's mtime
     is kept too: when the instance is gone after a restart, rotated files modified later than
-    it are the generations that followed it.
+    it are the generations that followed it.  For the same reason a path with nothing at it
+    keeps the instance that was there last (``previous``), until another one appears.
 
     The fingerprint is the SHA-256 of the first ``fp_len`` bytes (at most 256) of the file;
     ``fp_len`` is kept because a young file may be shorter than 256 bytes when it is recorded.
@@ -26,7 +27,8 @@ DESCRIPTION
     dies, however it dies.
 
     The format is JSON (``{"version": 1, "files": {PATH: {"current": {...}, "draining":
-    [...]}}}``) so an administrator can read it, and delete it to start over.
+    [...]}}}``, and ``"previous": {...}`` when current is null and something was there before)
+    so an administrator can read it, and delete it to start over.
 
 DIAGNOSTICS
     A state directory that cannot be created or written at start: ConfigError (exit 78).
@@ -80,10 +82,12 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class PathState:
-    """The instance at a path now (None: nothing readable there) and those still draining."""
+    """The instance at a path now (None: nothing readable there), those still draining, and
+    - while nothing is there - the instance that was there last."""
 
     current: Position | None
     draining: tuple[Position, ...] = ()
+    previous: Position | None = None
 
 
 def _position(raw: Any) -> Position:
@@ -115,18 +119,20 @@ def decode(text: bytes) -> dict[str, PathState]:
             raise ValueError(f"{path}: bad entry")
         current = None if raw.get("current") is None else _position(raw["current"])
         draining = tuple(_position(p) for p in raw.get("draining", []))
-        states[path] = PathState(current, draining)
+        previous = None if raw.get("previous") is None else _position(raw["previous"])
+        states[path] = PathState(current, draining, previous)
     return states
 
 
 def encode(states: Mapping[str, PathState]) -> bytes:
-    files = {
-        path: {
+    files: dict[str, dict[str, Any]] = {}
+    for path, st in sorted(states.items()):
+        files[path] = {
             "current": None if st.current is None else asdict(st.current),
             "draining": [asdict(p) for p in st.draining],
         }
-        for path, st in sorted(states.items())
-    }
+        if st.previous is not None:  # absent otherwise: files of older versions stay the same
+            files[path]["previous"] = asdict(st.previous)
     return json.dumps({"version": VERSION, "files": files}, indent=1).encode() + b"\n"
 
 

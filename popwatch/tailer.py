@@ -33,7 +33,8 @@ DESCRIPTION
     * the same inode, but smaller than what was read, or with other first bytes (copytruncate,
       or a file truncated and rewritten between two polls): read again from the start.  Lines
       that were written before the copy but not yet read are recovered from the copy when one
-      with the same first bytes sits in the same directory.
+      with the same first bytes sits in the same directory; a file of which nothing was read
+      has no first bytes to compare, and its copy is found as a younger generation (below).
     * no file, a directory, or a file that cannot be opened: one warning per change of that
       state (logger ``popwatch.tailer``), then retried on every poll.  A file that appears
       later is read from its start.
@@ -58,9 +59,13 @@ DESCRIPTION
     Younger generations: rotated files (``NAME.N``, ``NAME-DATE``, uncompressed) in the same
     directory that were modified no earlier than the file read before (or than the saved
     position, when that file is gone or was empty) are rotations that happened before their
-    lines were read - while popwatch was down, or between two polls of a file seen empty.
-    They are read whole, oldest first, except files being read, files read to their end by
-    this Tailer, and copies of the file read before (same first bytes).  This relies on mtimes:
+    lines were read - while popwatch was down, between two polls of a file seen empty (it
+    grew, or its mtime moved while it stayed empty: copied and truncated), or between the
+    rotation of one file and the first look at the next (a file created and rotated away
+    unseen).  They are read whole, oldest first, except files being read, files read to their
+    end by this Tailer, and copies of the file read before (same first bytes).  This relies on
+    mtimes (on kernels with coarse timestamps, a file written, copied and truncated within one
+    clock tick of being seen empty is noticed only when it grows again):
     a rotated file that received its last write later than the file that replaced it, and was
     finished before a restart, can be read a second time (harmless downstream: a line read
     again changes nothing), never the other way round.
@@ -157,7 +162,6 @@ class _Instance:
         "boundary",
         "counted",
         "dev",
-        "empty_since",
         "fd",
         "head",
         "ino",
@@ -166,7 +170,9 @@ class _Instance:
         "partial",
         "pos",
         "quiet_since",
+        "read_before",
         "skipping",
+        "unread_since",
     )
 
     def __init__(self, fd: int, label: str) -> None:
@@ -183,7 +189,9 @@ class _Instance:
         self.skipping = False  # inside an over-long line being discarded
         self.head = b""  # the first min(FINGERPRINT_BYTES, pos) bytes of the file
         self.quiet_since = 0.0
-        self.empty_since: int | None = None  # mtime when seen empty and nothing read yet
+        self.unread_since: int | None = None  # mtime at the last look while nothing was read
+        # What was read before the file was truncated: its copies are not rotations.
+        self.read_before: Position | None = None
 
     @classmethod
     def open(cls, path: str) -> _Instance:
@@ -203,7 +211,8 @@ class _Instance:
     def seek(self, offset: int, lineno: int, counted: bool = True) -> None:
         os.lseek(self.fd, offset, os.SEEK_SET)
         self.pos = self.boundary = offset
-        self.empty_since = None
+        self.unread_since = None
+        self.read_before = None
         self.lineno = lineno
         self.counted = counted
         self.partial = b""
@@ -238,6 +247,9 @@ class _Instance:
         return fingerprint(os.pread(self.fd, pos.fp_len, 0)) == pos.fingerprint
 
     def position(self) -> Position:
+        # A file of which nothing was read is known only up to the last look at it: rotated
+        # files newer than that may be its copies (see _Path._watch_unread).
+        mtime = self.unread_since if self.pos == 0 else None
         return Position(
             dev=self.dev,
             ino=self.ino,
@@ -246,7 +258,7 @@ class _Instance:
             size=self.pos,
             fp_len=len(self.head),
             fingerprint=fingerprint(self.head),
-            mtime_ns=os.fstat(self.fd).st_mtime_ns,
+            mtime_ns=os.fstat(self.fd).st_mtime_ns if mtime is None else mtime,
         )
 
     def read(self, source: str, out: list[RawLine], max_len: int, budget: int) -> int:
@@ -354,6 +366,9 @@ class _Path:
         self.current: _Instance | None = None
         self.draining: list[_Instance] = []
         self.status = "new"
+        # The instance at the path before it was rotated away or vanished, until the next one
+        # is opened: generations rotated in between (never seen at the path) are newer.
+        self.last: Position | None = None
 
     def instances(self) -> list[_Instance]:
         return [*self.draining, *([self.current] if self.current else [])]
@@ -389,14 +404,21 @@ class _Path:
                 self._drain(inst, t)
         cur = saved.current
         if cur is None:
+            # Nothing was at the path: what appeared there since, and was rotated away before
+            # this first look, is newer than the file that was there before (or, from an older
+            # state file, than the rotated files being finished).
+            newest = max(saved.draining, key=lambda pos: pos.mtime_ns, default=None)
+            self.last = saved.previous or newest
             return
         inst = _open_matching(self.name, cur)
         if inst is not None:
             inst.seek(cur.offset, cur.lineno, counted=cur.lineno > 0 or cur.offset == 0)
             self.current = inst
             if cur.fp_len == 0 and cur.mtime_ns:
-                # It was empty: nothing proves it was not copied and truncated meanwhile.
+                # It was empty: nothing proves it was not copied and truncated meanwhile, and
+                # it may still be between now and the first look at it in check().
                 self._younger_generations(cur.mtime_ns, cur, t)
+                inst.unread_since = cur.mtime_ns
             return
         try:
             st = os.stat(self.name)
@@ -449,7 +471,8 @@ class _Path:
 
     def _younger_generations(self, mtime_ns: int, read: Position, t: Tailer) -> None:
         """Read whole the rotated files modified after ``mtime_ns`` (the file read before, or
-        its last known state): generations rotated while popwatch was down.  Files being read,
+        its last known state): generations rotated while popwatch was down, or between two
+        looks at the path (a file seen empty, or not seen at all).  Files being read,
         the file now at the path and copies of the file ``read`` (same first bytes: what they
         hold was read, or is being read from find_copy) are left alone."""
         base = os.path.basename(self.name)
@@ -525,9 +548,9 @@ class _Path:
         if cur is not None and cur.ids == ids:
             self.set_status("ok")
             if st.st_size < cur.pos or (st.st_size != cur.pos and not cur.head_matches()):
-                self._truncated(t, cur)
+                self._truncated(t, cur, st)
             elif cur.pos == 0:
-                self._watch_empty(cur, st, t)
+                self._watch_unread(cur, st, t)
             return
         if cur is not None:
             log.info("%s: rotated: finishing the old file, reading the new one", self.name)
@@ -536,6 +559,7 @@ class _Path:
             if inst.ids == ids:  # renamed back
                 self.draining.remove(inst)
                 self.current = inst
+                self.last = None
                 self.set_status("ok")
                 return
         other = t.in_use(ids)
@@ -550,19 +574,20 @@ class _Path:
         if fresh and t.start_at_end:
             inst.seek_end()
         self.current = inst
-        self._watch_empty(inst, st, t)
+        last, self.last = self.last, None
+        if last is not None and last.mtime_ns:
+            self._younger_generations(last.mtime_ns, last, t)
+        self._watch_unread(inst, st, t)
         self.set_status("ok")
 
-    def _watch_empty(self, cur: _Instance, st: os.stat_result, t: Tailer) -> None:
-        """A file seen empty has no first bytes to recognize it by: if it was copied and
-        truncated before anything was read from it, the copy is a rotated file newer than the
-        moment it was seen empty."""
-        if st.st_size == 0:
-            if cur.empty_since is None:
-                cur.empty_since = st.st_mtime_ns
-        elif cur.empty_since is not None:
-            since, cur.empty_since = cur.empty_since, None
-            self._younger_generations(since, cur.position(), t)
+    def _watch_unread(self, cur: _Instance, st: os.stat_result, t: Tailer) -> None:
+        """Nothing was read from ``cur`` yet (it was empty, or the read was put off): it has no
+        first bytes to recognize it by.  If it was copied and truncated since the last look,
+        the copy is a rotated file newer than that look; the truncation changed its mtime."""
+        since, cur.unread_since = cur.unread_since, st.st_mtime_ns
+        if since is None or st.st_mtime_ns == since:
+            return  # first look, or untouched since the last one
+        self._younger_generations(since, cur.read_before or cur.position(), t)
 
     def _renamed(self) -> bool:
         try:
@@ -572,6 +597,7 @@ class _Path:
 
     def _retire(self, t: Tailer) -> None:
         assert self.current is not None
+        self.last = self.current.position()
         self._drain(self.current, t)
         self.current = None
 
@@ -579,13 +605,18 @@ class _Path:
         inst.quiet_since = t.clock()
         self.draining.append(inst)
 
-    def _truncated(self, t: Tailer, cur: _Instance) -> None:
+    def _truncated(self, t: Tailer, cur: _Instance, st: os.stat_result) -> None:
         log.info("%s: truncated (copytruncate?): reading it again from the start", self.name)
-        if cur.boundary:
-            copy = t.find_copy(self.dir, cur.position(), exclude=self.name)
-            if copy is not None:
-                self._drain(copy, t)
+        before = cur.position()
+        # Any first bytes read identify the copy, even when no whole line was handed out yet.
+        copy = t.find_copy(self.dir, before, exclude=self.name)
+        if copy is not None:
+            self._drain(copy, t)
         cur.seek(0, 0)
+        # Read again from the start: a next copy and truncation before anything new is read
+        # must not go unseen (see _watch_unread); copies of what was read before are known.
+        cur.unread_since = st.st_mtime_ns
+        cur.read_before = before
 
     def read(self, t: Tailer, out: list[RawLine]) -> None:
         now = t.clock()
@@ -691,7 +722,8 @@ class Tailer:
             # Kept even when nothing is open: a file that appears while popwatch is down is then
             # known to be new (read whole), not a file present at start-up (start_at_end).
             cur = p.current.position() if p.current is not None else None
-            states[name] = PathState(cur, tuple(i.position() for i in p.draining))
+            drained = tuple(i.position() for i in p.draining)
+            states[name] = PathState(cur, drained, p.last if cur is None else None)
         self._store.save(states)
 
     def directories(self) -> set[Path]:
@@ -744,8 +776,10 @@ class Tailer:
 
     def find_copy(self, directory: str, pos: Position, exclude: str) -> _Instance | None:
         """A copy (copytruncate) of the instance ``pos``: same first bytes, longer than the
-        offset; positioned at the offset so that the lines not yet read are read from it."""
-        if pos.offset == 0 or pos.fp_len == 0:
+        offset; positioned at the offset so that the lines not yet read are read from it.  An
+        instance of which nothing was read (no first bytes) has no copy that can be told from
+        any other file."""
+        if pos.fp_len == 0:
             return None
         best: tuple[int, _Instance] | None = None
         for e in _siblings(directory):
@@ -778,7 +812,7 @@ class Tailer:
         if best is None:
             return None
         inst = best[1]
-        inst.seek(pos.offset, pos.lineno, counted=pos.lineno > 0)
+        inst.seek(pos.offset, pos.lineno, counted=pos.lineno > 0 or pos.offset == 0)
         log.info(
             "%s: reading the lines after offset %d from the copy %s",
             exclude,

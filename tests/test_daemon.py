@@ -554,21 +554,7 @@ def test_rotation_torture_with_restarts(tmp_path: Path) -> None:
                 write_lines(one, 10)  # the writer has not been told to reopen yet
                 pw.log.touch()
             elif method == "copytruncate":
-                # copytruncate loses, for any reader, lines that were never read before the
-                # truncation of a file read from offset 0 (nothing to recognize the copy by);
-                # real rotations happen long after a file's first line.  So the tailer must
-                # have read at least this file's first line; the rest may be unread and must
-                # be recovered from the copy.
-                first = pw.log.read_text().split("\n", 1)[0]
-                first_ip = first.rsplit("[", 1)[1].rstrip("]") if first else None
-                if pw.proc is None or pw.proc.poll() is not None:
-                    pw.start()
-                if first_ip:
-                    wait_until(
-                        lambda ip=first_ip: ip in pw.table(),  # type: ignore[misc]
-                        20,
-                        message="first line read",
-                    )
+                # No waiting: lines not yet read, even none of the file, come from the copy.
                 _shift(pw.log)
                 one.write_bytes(pw.log.read_bytes())
                 os.truncate(pw.log, 0)

@@ -17,7 +17,11 @@ from popwatch.positions import PathState, Position, PositionFile, decode, encode
 
 A = Position(dev=1, ino=2, offset=30, lineno=3, size=40, fp_len=30, fingerprint=fingerprint(b"x"))
 B = Position(dev=1, ino=5, offset=0, lineno=0, size=0, fp_len=0, fingerprint=fingerprint(b""))
-STATES = {"/var/log/mail.log": PathState(A, (B,)), "/var/log/other.log": PathState(None)}
+STATES = {
+    "/var/log/mail.log": PathState(A, (B,)),
+    "/var/log/other.log": PathState(None),
+    "/var/log/gone.log": PathState(None, (), A),
+}
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from typing import TypeVar
 
 import pytest
 
-from popwatch.positions import PositionFile
 from popwatch.tailer import RawLine, Tailer
 from popwatch.watcher import Watcher
 
@@ -518,6 +517,124 @@ def test_empty_file_copied_and_truncated_between_two_polls(log: Path) -> None:
         assert sorted(datas(t.poll())) == [b"b", b"c", b"d"]
 
 
+def test_copytruncate_before_anything_was_read_and_nothing_written_after(
+    log: Path, state: Path
+) -> None:
+    # The file stays empty after the truncation: only its mtime tells that it was written.
+    log.write_bytes(b"")
+    with tailer([str(log)], state) as t:
+        t.poll()
+        t.checkpoint()  # saved at offset 0, nothing read
+    with tailer([str(log)], state) as t:
+        assert t.poll() == []  # resumed, seen empty
+        append(log, b"a\nb\n")
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        assert datas(t.poll()) == [b"a", b"b"]
+        assert t.poll() == []
+
+
+def test_copytruncate_after_only_a_partial_first_line_was_read(log: Path) -> None:
+    log.write_bytes(b"par")
+    with tailer([str(log)], None) as t:
+        assert t.poll() == []  # read, but no whole line handed out
+        append(log, b"tial\nb\n")
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        assert [(x.data, x.lineno) for x in t.poll()] == [(b"partial", 1), (b"b", 2)]
+
+
+def test_two_copytruncates_with_nothing_read_in_between(log: Path) -> None:
+    log.write_bytes(b"a\nb\n")
+    with tailer([str(log)], None) as t:
+        assert datas(t.poll()) == [b"a", b"b"]
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        assert t.poll() == []  # truncated, seen empty
+        append(log, b"c\nd\n")
+        log.with_name("mail.log.1").rename(log.with_name("mail.log.2"))
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        assert datas(t.poll()) == [b"c", b"d"]  # and not a, b again from mail.log.2
+        append(log, b"e\n")
+        assert datas(t.poll()) == [b"e"]
+
+
+def test_a_file_created_and_rotated_away_between_two_polls(log: Path) -> None:
+    log.write_bytes(b"a\n")
+    with tailer([str(log)], None) as t:
+        assert datas(t.poll()) == [b"a"]
+        log.unlink()
+        assert t.poll() == []  # seen missing
+        log.write_bytes(b"b\nc\n")  # never seen at the path
+        log.rename(log.with_name("mail.log.1"))
+        log.write_bytes(b"")
+        assert datas(t.poll()) == [b"b", b"c"]
+        append(log, b"d\n")
+        assert datas(t.poll()) == [b"d"]
+
+
+def test_resume_with_nothing_at_the_path_finds_a_file_rotated_unseen(
+    log: Path, state: Path
+) -> None:
+    log.write_bytes(b"a\n")
+    with tailer([str(log)], state) as t:
+        assert datas(t.poll()) == [b"a"]
+        log.rename(log.with_name("mail.log.1"))
+        assert t.poll() == []  # renamed away, nothing new at the path yet
+        t.checkpoint()
+    log.write_bytes(b"b\n")  # created, copied and truncated while down
+    shutil.copyfile(log, log.with_name("mail.log.2"))
+    os.truncate(log, 0)
+    with tailer([str(log)], state) as t:
+        assert datas(t.poll()) == [b"b"]
+        assert t.poll() == []
+
+
+def test_resume_with_the_last_file_deleted_finds_one_rotated_unseen(log: Path, state: Path) -> None:
+    log.write_bytes(b"a\n")
+    with tailer([str(log)], state) as t:
+        assert datas(t.poll()) == [b"a"]
+        log.unlink()
+        assert t.poll() == []  # seen missing; the deleted file is finished
+        t.checkpoint()
+    log.write_bytes(b"b\n")  # created and rotated away while down
+    log.rename(log.with_name("mail.log.1"))
+    log.write_bytes(b"")
+    with tailer([str(log)], state) as t:
+        assert datas(t.poll()) == [b"b"]
+
+
+def test_checkpoint_of_a_file_seen_empty_keeps_when_it_was_seen_empty(
+    log: Path, state: Path
+) -> None:
+    log.write_bytes(b"")
+    with tailer([str(log)], state) as t:
+        assert t.poll() == []
+        append(log, b"a\n")
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        append(log, b"b\n")
+        t.checkpoint()  # stopped before polling again
+    with tailer([str(log)], state) as t:
+        assert datas(t.poll()) == [b"a", b"b"]
+
+
+def test_copytruncate_of_a_file_whose_first_read_was_put_off(tmp_path: Path, log: Path) -> None:
+    big = tmp_path / "big.log"
+    big.write_bytes(b"x\n")
+    log.write_bytes(b"a\n")
+    with tailer([str(big), str(log)], None, max_batch_bytes=1) as t:
+        assert datas(t.poll()) == [b"x"] and t.more  # mail.log opened, its read put off
+        shutil.copyfile(log, log.with_name("mail.log.1"))
+        os.truncate(log, 0)
+        append(log, b"b\n")
+        got = datas(t.poll())
+        while t.more:
+            got += datas(t.poll())
+        assert got == [b"a", b"b"]
+
+
 def test_resume_of_an_empty_file_copied_and_truncated_while_down(log: Path, state: Path) -> None:
     log.write_bytes(b"")
     with tailer([str(log)], state) as t:
@@ -572,7 +689,6 @@ def test_state_file_is_written_only_when_positions_change(log: Path, state: Path
         t.poll()
         t.checkpoint()
         assert os.stat(state / "positions.json").st_ino != before.st_ino
-    assert PositionFile  # the state format itself is tested in test_positions.py
 
 
 # -- watcher -------------------------------------------------------------------------------------
