@@ -420,6 +420,11 @@ class Daemon:
         # Attach means restore: the first poll finds the saved positions (and files rotated
         # while popwatch was down) before systemd is told that the service is up.
         self._read_sources(once=True)
+        if self._tailer is not None and not self._writer.pending:
+            # Record which file instances we follow at once, even if nothing was read: a
+            # SIGKILL after a rotation but before the first checkpoint would otherwise leave
+            # no positions, and the restart could not find the renamed file's unread lines.
+            self._tailer.checkpoint()
         log.info(
             "started: table %s, %d patterns, following %s%s",
             cfg.database,

@@ -497,7 +497,7 @@ def test_rotation_torture_with_restarts(tmp_path: Path) -> None:
     address is in the table exactly once with its own line's time, and nothing else."""
     import random
 
-    rng = random.Random(4)
+    rng = random.Random(int(os.environ.get("POPWATCH_DAEMON_TORTURE_SEED", "4")))
     pw = Popwatch(tmp_path)
     expected: dict[str, int] = {}
     counter = 0
