@@ -41,24 +41,19 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import AUTH, CONNECT, END, LOGIN, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import (
+    AUTH,
+    CONNECT,
+    END,
+    LOGIN,
+    OTHER,
+    Pattern,
+    Rule,
+    check_options,
+    checked_regex,
+)
 
 _ADDR = r"[0-9A-Fa-f:.]{2,45}"
-
-
-def _checked(regex: str) -> pp.ParserElement:
-    el = pp.Regex(regex)
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
 
 
 def _auth() -> pp.ParserElement:
@@ -85,7 +80,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         rules=(
             Rule(
                 "login",
-                _checked(
+                checked_regex(
                     rf"User (?P<user>[^\s'`]\S*) logged in with mailbox \S+ from (?P<ip>{_ADDR})\Z"
                 ),
                 LOGIN,
@@ -94,7 +89,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
             ),
             Rule(
                 "connect",
-                _checked(rf"connect from (?P<ip>{_ADDR})\Z"),
+                checked_regex(rf"connect from (?P<ip>{_ADDR})\Z"),
                 CONNECT,
                 ("connect from ",),
                 "connect from IP",

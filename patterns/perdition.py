@@ -62,9 +62,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
 
 _PROGRAMS = (
     "perdition",
@@ -76,7 +74,7 @@ _PROGRAMS = (
     "perdition.managesieve",
 )
 
-# Address candidates; the exact check is normalize_host() in _checked().  The port is the
+# Address candidates; the exact check is normalize_host() in checked_regex().  The port is the
 # digits after the last colon, so the greedy candidate gives back exactly ":PORT".
 _ADDR = r"[0-9A-Fa-f:.]{2,45}"
 _PORTED = rf"(?P<ip>{_ADDR}):\d{{1,5}}->{_ADDR}:\d{{1,5}}"
@@ -87,22 +85,8 @@ _USER = r'"(?P<user>[^"]*)"'
 _PASSWD = r'(?: passwd=".*")?'
 
 
-def _checked(regex: str) -> pp.ParserElement:
-    """One regex for the whole message; its ``ip`` group must be one full host address."""
-    el = pp.Regex(regex)
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
-
-
 def _login(protocols: str) -> pp.ParserElement:
-    return _checked(
+    return checked_regex(
         rf"Auth: {_PORTED} client-secure={_SECURE} authorisation_id={_AUTHZ} "
         rf"authentication_id={_USER}{_PASSWD} server=\"[^\"]*\" protocol=(?:{protocols}) "
         rf'server-secure={_SECURE} status="ok"\Z'
@@ -119,7 +103,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         Rule("login", _login(mail), LOGIN, ('status="ok"', "Auth: "), "Auth: ... status=ok"),
         Rule(
             "login_2010",
-            _checked(
+            checked_regex(
                 rf"Auth: {_PORTED} client-secure={_SECURE} authorisation_id={_AUTHZ} "
                 rf"authentication_id={_USER}{_PASSWD} server=\"[^\"]*\" port=\"\d{{1,5}}\" "
                 rf'server-secure={_SECURE} status="ok"\Z'
@@ -130,7 +114,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         ),
         Rule(
             "login_old",
-            _checked(
+            checked_regex(
                 rf"Auth: (?P<ip>{_ADDR})->{_ADDR} user={_USER}{_PASSWD} "
                 r'server="[^"]*" port="[^"\s]*" status="ok"\Z'
             ),

@@ -44,37 +44,24 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
 
 _ADDR = r"[0-9A-Fa-f:.]{2,45}"
 
 
-def _checked(regex: str) -> pp.ParserElement:
-    """One regex for the whole message; its ``ip`` (and ``local``) must be host addresses."""
-    el = pp.Regex(regex)
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-            if "local" in toks:
-                normalize_host(toks["local"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
+def _checked_teapop(regex: str) -> pp.ParserElement:
+    """The whole message; its ``ip`` and (when present) ``local`` must be host addresses."""
+    return checked_regex(regex, also_addresses=("local",))
 
 
 def pattern(options: Mapping[str, Any]) -> Pattern:
     check_options(options, {})
     # The greedy user text backs off to the last place where the daemon's strict tail fits.
-    login = _checked(
+    login = _checked_teapop(
         rf"Successful login for (?P<user>.+) \[(?P<local>{_ADDR})\] from [A-Za-z0-9_.:-]+ "
         rf"\[(?P<ip>{_ADDR})\]\Z"
     )
-    login_old = _checked(rf"Successful login for (?P<user>.+) \[(?P<ip>{_ADDR})\]\Z")
+    login_old = _checked_teapop(rf"Successful login for (?P<user>.+) \[(?P<ip>{_ADDR})\]\Z")
     return Pattern(
         programs=("teapop", "teapop_ssl"),
         rules=(

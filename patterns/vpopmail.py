@@ -53,9 +53,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
 
 # vchkpw writes IPv4 dotted quads only (it turns the colons of an IPv6 address into "_"), so
 # the field takes no colon: a user name ending in ":" or "2001:db8:" can then never combine
@@ -67,19 +65,6 @@ _MAIL = r"vchkpw(?:-pop3s?|-imaps?)?"
 _OTHER = r"vchkpw-(?:smtps?|submission|webmail|\d{1,5})"
 # Characters vpopmail accepts in user and domain names (no space, ":", "@", "[" or "]").
 _NAME = r"[!#$%&'*+\-./0-9=?A-Z^_`a-z{|}~]+"
-
-
-def _checked(regex: str) -> pp.ParserElement:
-    el = pp.Regex(regex)
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
 
 
 def _success(service: str) -> str:
@@ -106,14 +91,14 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         rules=(
             Rule(
                 "login",
-                _checked(_success(_MAIL)),
+                checked_regex(_success(_MAIL)),
                 LOGIN,
                 (") login success ",),
                 "vchkpw-pop3: (PLAIN) login success USER@DOMAIN:IP",
             ),
             Rule(
                 "login_system",
-                _checked(
+                checked_regex(
                     rf"{_MAIL}: system password login success (?P<user>{_NAME}):"
                     rf"(?P<ip>{_ADDR})\Z"
                 ),
@@ -123,7 +108,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
             ),
             Rule(
                 "login_old",
-                _checked(rf"{_MAIL}:? login \[(?P<user>.*)\] from (?P<ip>{_ADDR})\Z"),
+                checked_regex(rf"{_MAIL}:? login \[(?P<user>.*)\] from (?P<ip>{_ADDR})\Z"),
                 LOGIN,
                 ("login [", "] from "),
                 "vchkpw: login [USER] from IP (before 5.4)",

@@ -303,3 +303,24 @@ def may_name(element: pp.ParserElement, name: str) -> bool:
         for el in _walk(element)
         for action in el.parseAction
     )
+
+
+def checked_regex(regex: str, *, also_addresses: tuple[str, ...] = ()) -> pp.ParserElement:
+    """One regex for the whole message whose named group ``ip`` must be one full host address
+    (normalized in the results; anything else makes the rule not match).  Groups named in
+    ``also_addresses`` must be host addresses too (checked, left as written).  For daemons
+    whose line is simplest written as one anchored regex; the regex must still take the
+    address only from the daemon's own field."""
+    el = pp.Regex(regex)
+
+    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
+        try:
+            toks["ip"] = normalize_host(toks["ip"])
+            for name in also_addresses:
+                if name in toks:
+                    normalize_host(toks[name])
+        except (AddressError, KeyError):
+            raise pp.ParseException(s, loc, "not a host address") from None
+
+    el.add_parse_action(check)
+    return el
