@@ -19,7 +19,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from popwatch import __version__
@@ -61,7 +61,7 @@ class _Exit(Exception):
         self.status = status
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 64) instead of exiting with status 2, and never
     calls sys.exit itself, so that main() always returns."""
 
@@ -75,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="popwatch",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"popwatch {__version__}")
     add_global_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"popwatch.commands.{name}")
         module.register(sub)
@@ -109,26 +109,33 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser, "popwatch", argv)
+
+
+def run_command(
+    build: Callable[[], argparse.ArgumentParser], prog: str, argv: Sequence[str] | None
+) -> int:
+    """Parse ``argv`` with the parser ``build`` makes and run the chosen command, turning every
+    popwatch error into one line on stderr and its exit status (shared by vsmtprelay)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
+        parser = build()
         args = parser.parse_args(args_list)
         if not getattr(args, "func", None):
             parser.print_usage(sys.stderr)
-            print("popwatch: fatal: no command given (see popwatch --help)", file=sys.stderr)
-            return EX_USAGE
+            return fatal(f"no command given (see {prog} --help)", EX_USAGE, prog)
         setup_logging(args.verbose)
         return int(args.func(args))
     except _Exit as done:
         return done.status
     except UsageError as err:
-        return fatal(str(err), EX_USAGE)
+        return fatal(str(err), EX_USAGE, prog)
     except ConfigError as err:
-        return fatal(str(err), EX_CONFIG)
+        return fatal(str(err), EX_CONFIG, prog)
     except StoreError as err:
-        return fatal(str(err), EX_IOERR)
+        return fatal(str(err), EX_IOERR, prog)
     except PopwatchError as err:
-        return fatal(str(err), EX_SOFTWARE)
+        return fatal(str(err), EX_SOFTWARE, prog)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -137,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def fatal(message: str, status: int) -> int:
-    print(f"popwatch: fatal: {message}", file=sys.stderr)
+def fatal(message: str, status: int, prog: str = "popwatch") -> int:
+    print(f"{prog}: fatal: {message}", file=sys.stderr)
     return status
 
 

@@ -31,21 +31,14 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from popwatch import __version__
-from popwatch.cli import add_global_options, setup_logging
+from popwatch.cli import CommandParser, add_global_options, run_command
 from popwatch.commands import admin
-from popwatch.errors import ConfigError, PopwatchError, StoreError, UsageError
-from popwatch.exitcodes import EX_CONFIG, EX_IOERR, EX_SOFTWARE, EX_USAGE
 
 PROG = "vsmtprelay"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog=PROG,
         description=(
             "Maintain the POP-before-SMTP relay table (relayers.db), as the classic "
@@ -57,39 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} (popwatch) {__version__}")
     add_global_options(parser)
     parser.set_defaults(prog_name=PROG)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     admin.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        parser = build_parser()
-        args = parser.parse_args(args_list)
-        if not getattr(args, "func", None):
-            parser.print_usage(sys.stderr)
-            return _fatal("no command given (see vsmtprelay --help)", EX_USAGE)
-        setup_logging(args.verbose)
-        return int(args.func(args))
-    except UsageError as err:
-        return _fatal(str(err), EX_USAGE)
-    except ConfigError as err:
-        return _fatal(str(err), EX_CONFIG)
-    except StoreError as err:
-        return _fatal(str(err), EX_IOERR)
-    except PopwatchError as err:
-        return _fatal(str(err), EX_SOFTWARE)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 0
-
-
-def _fatal(message: str, status: int) -> int:
-    print(f"{PROG}: fatal: {message}", file=sys.stderr)
-    return status
+    return run_command(build_parser, PROG, argv)
 
 
 def main_entry() -> NoReturn:
