@@ -64,9 +64,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import AUTH, CONNECT, END, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import AUTH, CONNECT, END, OTHER, Pattern, Rule, check_options, checked_regex
 
 _PROGRAMS = ("pop3d", "imap4d")
 _SID = r"(?:[0-9A-Za-z]{8} )?"
@@ -75,16 +73,7 @@ _QUSER = r"[`'](?P<user>.*?)'"
 
 
 def _connect() -> pp.ParserElement:
-    el = pp.Regex(rf"{_SID}[Cc]onnect from (?P<ip>[0-9A-Fa-f:.]{{2,45}})\Z")
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
+    return checked_regex(rf"{_SID}[Cc]onnect from (?P<ip>[0-9A-Fa-f:.]{{2,45}})\Z")
 
 
 def pattern(options: Mapping[str, Any]) -> Pattern:

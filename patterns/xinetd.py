@@ -54,9 +54,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.address import normalize_host
-from popwatch.errors import AddressError
-from popwatch.grammar import CONNECT, END, OTHER, Pattern, Rule, check_options
+from popwatch.grammar import CONNECT, END, OTHER, Pattern, Rule, check_options, checked_regex
 
 _SERVICES = (
     "pop2",
@@ -76,18 +74,9 @@ _SERVICES = (
 
 
 def _start(services: str) -> pp.ParserElement:
-    el = pp.Regex(
+    return checked_regex(
         rf"START: (?:{services}) pid=(?P<pid>\d{{1,10}}) from=(?P<ip>[0-9A-Fa-f:.]{{2,45}})\Z"
     )
-
-    def check(s: str, loc: int, toks: pp.ParseResults) -> None:
-        try:
-            toks["ip"] = normalize_host(toks["ip"])
-        except (AddressError, KeyError):
-            raise pp.ParseException(s, loc, "not a host address") from None
-
-    el.add_parse_action(check)
-    return el
 
 
 def pattern(options: Mapping[str, Any]) -> Pattern:
