@@ -62,7 +62,15 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
+from popwatch.grammar import (
+    LOGIN,
+    OTHER,
+    Pattern,
+    Rule,
+    check_options,
+    checked_regex,
+    with_extra_programs,
+)
 
 _PROGRAMS = (
     "perdition",
@@ -95,9 +103,6 @@ def _login(protocols: str) -> pp.ParserElement:
 
 def pattern(options: Mapping[str, Any]) -> Pattern:
     opts = check_options(options, {"managesieve": bool, "programs": list})
-    extra = tuple(opts.get("programs", ()))
-    if not all(isinstance(p, str) and p for p in extra):
-        raise ValueError('option "programs": expected a list of program names')
     mail = "POP3S?|IMAP4S?"
     rules = [
         Rule("login", _login(mail), LOGIN, ('status="ok"', "Auth: "), "Auth: ... status=ok"),
@@ -165,7 +170,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         Rule("fatal", pp.Regex(r"Fatal [Ee]rror.*"), OTHER, ("Fatal ",), "a child's fatal error"),
     ]
     return Pattern(
-        programs=_PROGRAMS + tuple(p for p in extra if p not in _PROGRAMS),
+        programs=with_extra_programs(_PROGRAMS, opts),
         rules=tuple(rules),
         description='Perdition POP3/IMAP4 proxy: Auth: ... status="ok"',
     )

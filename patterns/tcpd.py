@@ -47,7 +47,15 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.grammar import CONNECT, OTHER, Pattern, Rule, check_options, checked_regex
+from popwatch.grammar import (
+    CONNECT,
+    OTHER,
+    Pattern,
+    Rule,
+    check_options,
+    checked_regex,
+    with_extra_programs,
+)
 
 _PROGRAMS = ("pop3d", "imap4d", "gnu-pop3d", "vm-pop3d")
 
@@ -58,11 +66,8 @@ def _connect() -> pp.ParserElement:
 
 def pattern(options: Mapping[str, Any]) -> Pattern:
     opts = check_options(options, {"programs": list})
-    extra = tuple(opts.get("programs", ()))
-    if not all(isinstance(p, str) and p for p in extra):
-        raise ValueError('option "programs": expected a list of program names')
     return Pattern(
-        programs=_PROGRAMS + tuple(p for p in extra if p not in _PROGRAMS),
+        programs=with_extra_programs(_PROGRAMS, opts),
         rules=(
             Rule("connect", _connect(), CONNECT, ("connect from ",), "connect from IP"),
             Rule(

@@ -53,7 +53,15 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
+from popwatch.grammar import (
+    LOGIN,
+    OTHER,
+    Pattern,
+    Rule,
+    check_options,
+    checked_regex,
+    with_extra_programs,
+)
 
 # vchkpw writes IPv4 dotted quads only (it turns the colons of an IPv6 address into "_"), so
 # the field takes no colon: a user name ending in ":" or "2001:db8:" can then never combine
@@ -76,9 +84,6 @@ def _success(service: str) -> str:
 
 def pattern(options: Mapping[str, Any]) -> Pattern:
     opts = check_options(options, {"programs": list})
-    extra = tuple(opts.get("programs", ()))
-    if not all(isinstance(p, str) and p for p in extra):
-        raise ValueError('option "programs": expected a list of program names')
     base = ("vpopmail", "vchkpw")
     failures = (
         r"password fail|vpopmail user not found|user has no password|"
@@ -87,7 +92,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         r"dir auto create|can't write SQL logs"
     )
     return Pattern(
-        programs=base + tuple(p for p in extra if p not in base),
+        programs=with_extra_programs(base, opts),
         rules=(
             Rule(
                 "login",

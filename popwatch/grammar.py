@@ -324,3 +324,12 @@ def checked_regex(regex: str, *, also_addresses: tuple[str, ...] = ()) -> pp.Par
 
     el.add_parse_action(check)
     return el
+
+
+def with_extra_programs(base: tuple[str, ...], options: Mapping[str, Any]) -> tuple[str, ...]:
+    """``base`` plus the tags in the pattern's ``programs`` option (a list of program names a
+    site's daemon logs under), without repeats; ValueError for anything but such a list."""
+    extra = options.get("programs", [])
+    if not isinstance(extra, list) or not all(isinstance(p, str) and p for p in extra):
+        raise ValueError('option "programs": expected a list of program names')
+    return base + tuple(p for p in extra if p not in base)
