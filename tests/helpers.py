@@ -20,15 +20,17 @@ def wait_until(
     predicate: Callable[[], T],
     timeout: float = 10.0,
     interval: float = 0.02,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> T:
-    """The first truthy result of ``predicate()``; AssertionError after ``timeout`` seconds."""
+    """The first truthy result of ``predicate()``; AssertionError after ``timeout`` seconds.
+    ``message`` may be a callable, called only on time-out (for a costly description)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            what = message or getattr(predicate, "__name__", "condition")
+            what = message() if callable(message) else message
+            what = what or getattr(predicate, "__name__", "condition")
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} ({value!r})")
         time.sleep(interval)

@@ -31,11 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
 import pytest
+from helpers import wait_until
 
 T = TypeVar("T")
 
@@ -155,19 +155,6 @@ def expected(seq: int) -> bytes:
     return b"%010d %s" % (seq, b"abcdefghij"[seq % 10 :] * (1 + seq % 7))
 
 
-def wait_for(cond: Callable[[], T], timeout: float, what: str | Callable[[], str]) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what if isinstance(what, str) else what()}"
-            )
-        time.sleep(0.02)
-
-
 class Delivered:
     """Follows the consumer's output file: the set of correctly delivered sequence numbers."""
 
@@ -283,10 +270,10 @@ def rotate(kind: str, log: Path, generation: int, writer: Writer, delivered: Del
     else:  # delete+recreate
         writer.send("pause")
         n = writer.expect("paused")
-        wait_for(
+        wait_until(
             lambda: delivered.has_all(n),
             20,
-            lambda: (
+            message=lambda: (
                 f"delivery of {n} lines before the delete; missing"
                 f" {sorted(set(range(n)) - delivered.seqs)[:20]}"
             ),
@@ -389,7 +376,7 @@ def test_rotation_torture(tmp_path: Path) -> None:
 
     # Without any saved state a consumer cannot know about files rotated before it ever ran:
     # the torture starts once the first positions are on disk.
-    wait_for((tmp_path / "state" / "positions.json").exists, 30, "the first checkpoint")
+    wait_until((tmp_path / "state" / "positions.json").exists, 30, message="the first checkpoint")
     kill_thread = threading.Thread(target=killer, daemon=True)
     kill_thread.start()
     try:
@@ -409,7 +396,7 @@ def test_rotation_torture(tmp_path: Path) -> None:
         assert not failure, failure
         if not consumers.running():
             consumers.start()
-        wait_for(lambda: delivered.has_all(n), 90, f"delivery of all {n} lines")
+        wait_until(lambda: delivered.has_all(n), 90, message=f"delivery of all {n} lines")
         consumers.stop(signal.SIGTERM)
         counts = analyse(out, consumers, n)
     finally:

@@ -10,28 +10,17 @@ import os
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from helpers import wait_until
 
 from popwatch.tailer import RawLine, Tailer
 from popwatch.watcher import Watcher
 
 T = TypeVar("T")
-
-
-def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Clock:
@@ -737,7 +726,7 @@ def test_watcher_update_moves_the_watches(tmp_path: Path) -> None:
         w.update({two})
         assert w.directories() == {two}
         (two / "x.log").write_bytes(b"x\n")
-        wait_for(lambda: seen, what="a wake-up from the new directory")
+        wait_until(lambda: seen, message="a wake-up from the new directory")
     finally:
         w.stop()
 
@@ -757,10 +746,10 @@ def test_watcher_survives_a_failing_callback_and_skips_missing_directories(
         assert w.directories() == {tmp_path}
         assert any("missing: cannot watch" in m for m in messages(caplog))
         (tmp_path / "a").write_bytes(b"a\n")
-        wait_for(lambda: calls, what="first wake-up")
+        wait_until(lambda: calls, message="first wake-up")
         n = len(calls)
         (tmp_path / "b").write_bytes(b"b\n")
-        wait_for(lambda: len(calls) > n, what="a wake-up after the failure")
+        wait_until(lambda: len(calls) > n, message="a wake-up after the failure")
         assert w.is_alive()
     finally:
         w.stop()
@@ -780,5 +769,5 @@ def test_tailer_and_watcher_together_follow_a_rotation(log: Path, woken: threadi
         append(log, b"b\n")
         log.rename(log.with_name("mail.log.1"))
         log.write_bytes(b"c\n")
-        wait_for(collect, what="all lines")
+        wait_until(collect, message="all lines")
         assert got == [b"a", b"b", b"c"]
