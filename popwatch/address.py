@@ -56,6 +56,16 @@ def parse_host(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return addr
 
 
+def quad_value(text: str) -> int | None:
+    """The 32-bit value of a canonical dotted quad; None for any other text (use
+    :func:`parse_host` for those)."""
+    m = _QUAD.fullmatch(text)
+    if m is None:
+        return None
+    a, b, c, d = m.groups()
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
 def normalize_host(text: str) -> str:
     """Return the canonical text of one full host address; raise AddressError."""
     if isinstance(text, str) and _QUAD.fullmatch(text) is not None:

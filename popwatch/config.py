@@ -46,6 +46,7 @@ class Config:
     lifetime: float = 1800.0
     expire_interval: float = 60.0
     flush_interval: float = 1.0
+    flush_burst: int = 2
     refresh: float = 60.0
     ignore: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -72,7 +73,8 @@ KEYS: dict[str, str] = {
     "journal_units": "systemd units whose journal records are trusted",
     "lifetime": "how long a login authorizes relaying",
     "expire_interval": "how often expired entries are removed",
-    "flush_interval": "how often pending logins are written, at most",
+    "flush_interval": "pending logins are written once per interval on average",
+    "flush_burst": "how many writes may follow each other at once after a quiet time (1: strict)",
     "refresh": "an address stamped more recently than this is not rewritten",
     "ignore": "list of networks (CIDR) never written to the table",
     "ignore_mynetworks": "also ignore Postfix's mynetworks (true/false)",
@@ -185,6 +187,12 @@ def _convert(key: str, value: object, where: str) -> Any:
         return _networks(value, where)
     if key in ("journal", "ignore_mynetworks"):
         _want(bool, value, where, "true or false")
+        return value
+    if key == "flush_burst":
+        _want(int, value, where, "a whole number")
+        assert isinstance(value, int)
+        if value < 1:
+            raise ConfigError(f"{where}: must be at least 1")
         return value
     if key == "max_line_length":
         _want(int, value, where, "a whole number")

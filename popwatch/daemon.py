@@ -49,245 +49,43 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from popwatch.config import Config
-from popwatch.errors import ConfigError, PatternError, PopwatchError, StoreError
-from popwatch.event import LoginEvent
+from popwatch.errors import ConfigError, PopwatchError, StoreError
 from popwatch.exitcodes import EX_OK, EX_SOFTWARE
 from popwatch.grammar import Pattern
 from popwatch.journal import JournalSource, TrustPolicy
-from popwatch.matcher import Matcher
-from popwatch.patternload import load_patterns
-from popwatch.policy import NetRule, Policy, postfix_mynetworks
+from popwatch.pipeline import (  # the parts, built as scan builds them
+    Clock,
+    Pipeline,
+    load_patterns_for,
+    make_matcher,
+    make_policy,
+    make_writer,
+    open_table,
+    programs_of,
+    store_options,
+)
+from popwatch.policy import NetRule
 from popwatch.relaywriter import RelayWriter
 from popwatch.sdnotify import Notifier
-from popwatch.store import Store, StoreOptions, open_store
-from popwatch.syslogline import LogLine, ProgramFilter, from_journal
+from popwatch.store import Store
+from popwatch.syslogline import from_journal
 from popwatch.tailer import Tailer
 from popwatch.watcher import Watcher
 
 log = logging.getLogger("popwatch.daemon")
 
-Clock = Callable[[], float]
 
 SAFETY_POLL = 10.0  # seconds: look at the files even without an inotify event
 STATUS_EVERY = 1.0  # seconds between STATUS= updates while counters change
 CHECKPOINT_EVERY = 5.0  # seconds between position saves when no flush forced one
-READ_CHUNK = 1 << 20  # bytes per read in scan
 MAX_BATCH_BYTES = 8 << 20  # bytes one tailer poll may read: bounds memory during catch-up
-
-
-@dataclass
-class Counters:
-    lines: int = 0
-    logins: int = 0  # login events the grammars produced
-    ignored: int = 0  # events the policy refused (ignored network, too old)
-    undecodable: int = 0  # lines with invalid UTF-8
-    too_long: int = 0  # lines skipped because longer than max_line_length (scan)
-
-
-@dataclass
-class Pipeline:
-    """Decode, match, apply the policy, queue for writing.  Shared by run and scan."""
-
-    matcher: Matcher
-    policy: Policy
-    writer: RelayWriter
-    clock: Clock = time.time
-    counters: Counters = field(default_factory=Counters)
-    _bad_utf8: set[str] = field(default_factory=set)
-    _filter: ProgramFilter = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._filter = ProgramFilter(self.matcher.programs)
-
-    def feed_bytes(self, data: bytes, source: str, lineno: int) -> None:
-        if data.isascii() and self._filter.unclaimed(data):
-            # No pattern claims its program (and ASCII cannot be undecodable): what the
-            # matcher would do with it, without decoding it.
-            self.counters.lines += 1
-            self.matcher.stats.lines += 1
-            return
-        self._feed(data, source, lineno)
-
-    def feed_batch(self, lines: Sequence[bytes], source: str, first: int, ascii: bool) -> None:
-        """``feed_bytes`` for consecutive lines numbered from ``first``; ``ascii``: the caller
-        knows that every one of them is ASCII.  Counts and warnings are feed_bytes'."""
-        unclaimed = self._filter.unclaimed
-        feed = self._feed
-        skipped = 0
-        if ascii:
-            for i, data in enumerate(lines, first):
-                if unclaimed(data):
-                    skipped += 1
-                else:
-                    feed(data, source, i)
-        else:
-            for i, data in enumerate(lines, first):
-                if data.isascii() and unclaimed(data):
-                    skipped += 1
-                else:
-                    feed(data, source, i)
-        self.counters.lines += skipped
-        self.matcher.stats.lines += skipped
-
-    def _feed(self, data: bytes, source: str, lineno: int) -> None:
-        if data[-1:] == b"\r" or data[:1] == b"\r":
-            # CRLF files, and the stray CR of LF CR endings that would start the next line
-            data = data.strip(b"\r")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("utf-8", "replace")
-            self.counters.undecodable += 1
-            if source not in self._bad_utf8:
-                self._bad_utf8.add(source)
-                log.warning(
-                    "%s, line %d: not valid UTF-8: reading it with replacement characters "
-                    "(not reported again for this file)",
-                    source,
-                    lineno,
-                )
-        self.counters.lines += 1
-        self.event(self.matcher.feed_line(text, source, lineno))
-
-    def feed_logline(self, line: LogLine, source: str) -> None:
-        self.counters.lines += 1
-        self.event(self.matcher.feed(line, source, 0))
-
-    def event(self, event: LoginEvent | None) -> None:
-        if event is None:
-            return
-        self.counters.logins += 1
-        stamp = self.policy.decide(event, self.clock())
-        if stamp is None:
-            self.counters.ignored += 1
-            log.debug(
-                "%s, line %d: %s not written (ignored or too old)",
-                event.source,
-                event.lineno,
-                event.ip,
-            )
-            return
-        if self.writer.add(event.ip, stamp):
-            log.debug(
-                "%s, line %d: login of %s from %s", event.source, event.lineno, event.user, event.ip
-            )
-
-
-# -- building the parts from a configuration -------------------------------------------------
-
-
-def load_patterns_for(cfg: Config) -> list[Pattern]:
-    """The enabled patterns; a PatternError names the configuration file(s) as well."""
-    try:
-        return load_patterns(list(cfg.pattern_dirs), cfg.patterns, cfg.pattern_options)
-    except PatternError as err:
-        if not cfg.sources:
-            raise
-        text = str(err).removeprefix("configuration ")
-        raise PatternError(f"{', '.join(cfg.sources)}: {text}") from None
-
-
-def make_matcher(patterns: Sequence[Pattern], clock: Clock) -> Matcher:
-    return Matcher(patterns, clock=clock, report=False)
-
-
-def make_policy(cfg: Config, mynetworks: Callable[[], Iterable[NetRule]] | None = None) -> Policy:
-    """The address policy: ``ignore`` first, then (with ignore_mynetworks) Postfix's list."""
-    rules: list[NetRule] = [NetRule(n) for n in cfg.ignore]
-    if cfg.ignore_mynetworks:
-        rules += list((mynetworks or postfix_mynetworks)())
-    return Policy(rules, cfg.lifetime)
-
-
-def store_options(cfg: Config) -> StoreOptions:
-    return StoreOptions.from_config(cfg)
-
-
-def open_table(cfg: Config) -> Store:
-    return open_store(cfg.database, store_options(cfg))
-
-
-def make_writer(cfg: Config, store: Store, clock: Clock, monotonic: Clock) -> RelayWriter:
-    return RelayWriter(
-        store,
-        lifetime=cfg.lifetime,
-        flush_interval=cfg.flush_interval,
-        refresh=cfg.refresh,
-        expire_interval=cfg.expire_interval,
-        clock=clock,
-        monotonic=monotonic,
-    )
-
-
-def programs_of(patterns: Sequence[Pattern]) -> dict[str, tuple[str, ...]]:
-    return {p.name: tuple(p.programs) for p in patterns}
-
-
-def iter_lines(
-    f: IO[bytes], source: str, max_len: int, counters: Counters
-) -> Iterator[tuple[int, bytes]]:
-    """(lineno, line without LF) for every line of ``f``, a final partial line included.
-    Lines longer than ``max_len`` are skipped with a warning naming file and line; memory
-    stays bounded by the chunk size plus ``max_len``."""
-    for first, lines, _ in iter_batches(f, source, max_len, counters):
-        yield from enumerate(lines, first)
-
-
-def iter_batches(
-    f: IO[bytes], source: str, max_len: int, counters: Counters
-) -> Iterator[tuple[int, list[bytes], bool]]:
-    """The lines of :func:`iter_lines` a read chunk at a time: (number of the first line,
-    consecutive lines, True when all of them are ASCII).  A too-long line ends a batch."""
-    buf = b""
-    lineno = 0
-    skipping = False
-    while True:
-        chunk = f.read(READ_CHUNK)
-        if not chunk:
-            break
-        buf += chunk
-        ascii = buf.isascii()  # one C-speed pass instead of a test per line
-        lines = buf.split(b"\n")
-        buf = lines.pop()
-        first = lineno + 1
-        lineno += len(lines)
-        if skipping and lines:
-            del lines[0]  # the rest of a too-long line
-            first += 1
-            skipping = False
-        if lines and max(map(len, lines)) > max_len:
-            run: list[bytes] = []
-            for i, line in enumerate(lines, first):
-                if len(line) > max_len:
-                    if run:
-                        yield i - len(run), run, ascii
-                        run = []
-                    _too_long(source, i, counters)
-                else:
-                    run.append(line)
-            if run:
-                yield lineno + 1 - len(run), run, ascii
-        elif lines:
-            yield first, lines, ascii
-        if len(buf) > max_len and not skipping:
-            _too_long(source, lineno + 1, counters)
-            skipping = True
-        if skipping:
-            buf = b""
-    if buf and not skipping:
-        yield lineno + 1, [buf], buf.isascii()
-
-
-def _too_long(source: str, lineno: int, counters: Counters) -> None:
-    counters.too_long += 1
-    log.warning("%s, line %d: longer than max_line_length: skipped", source, lineno)
 
 
 # -- the daemon ------------------------------------------------------------------------------
@@ -709,6 +507,7 @@ class Daemon:
         self._writer.configure(
             lifetime=cfg.lifetime,
             flush_interval=cfg.flush_interval,
+            flush_burst=cfg.flush_burst,
             refresh=cfg.refresh,
             expire_interval=cfg.expire_interval,
         )

@@ -128,32 +128,45 @@ class _Compiled:
     pattern: str
     rule: Rule
     keywords: tuple[str, ...]
-    # rule.grammar + StringEnd(), built once: what parse_all=True does, without pyparsing
-    # building the same two elements again for every line.
-    whole: pp.ParserElement
-    # The grammar as one regex, compiled on first use; None: pyparsing only (set to None when
-    # the lazy compilation fails).
-    fast: CompiledRule | None
     is_other: bool
+    use_regex: bool
+    cache: RenameCache  # shared by the rules of one matcher
+    # rule.grammar + StringEnd(), built once: what parse_all=True does, without pyparsing
+    # building the same two elements again for every line.  Built with ``fast`` on the first
+    # line that reaches the rule (None until then), so that the patterns of daemons that
+    # never log here cost nothing at start-up.
+    whole: pp.ParserElement | None = None
+    # The grammar as one regex (its re.compile also waits for the first match); None:
+    # pyparsing only (also set to None when the lazy compilation fails).
+    fast: CompiledRule | None = None
+
+    def prepare(self) -> pp.ParserElement:
+        whole = self.rule.grammar + pp.StringEnd()
+        whole.streamline()
+        self.whole = whole
+        if not self.use_regex:
+            return whole
+        try:
+            self.fast = compile_rule(whole, self.cache, lazy=True)
+        except Untranslatable as err:
+            log.debug(
+                "pattern %s, rule %s: kept on pyparsing: %s", self.pattern, self.rule.name, err
+            )
+        except Exception as err:  # a compiler bug must cost speed, never a pattern
+            log.debug(
+                "pattern %s, rule %s: kept on pyparsing: %s",
+                self.pattern,
+                self.rule.name,
+                _describe(err),
+            )
+        return whole
 
 
 Results = dict[str, str | None]  # "ip", "user", "pid" -> text as pyparsing gives it
 
 
 def _compile(pattern: str, rule: Rule, use_regex: bool, cache: RenameCache) -> _Compiled:
-    whole = rule.grammar + pp.StringEnd()
-    whole.streamline()
-    fast = None
-    if use_regex:
-        try:
-            fast = compile_rule(whole, cache, lazy=True)
-        except Untranslatable as err:
-            log.debug("pattern %s, rule %s: kept on pyparsing: %s", pattern, rule.name, err)
-        except Exception as err:  # a compiler bug must cost speed, never a pattern
-            log.debug(
-                "pattern %s, rule %s: kept on pyparsing: %s", pattern, rule.name, _describe(err)
-            )
-    return _Compiled(pattern, rule, tuple(rule.keywords), whole, fast, rule.kind == OTHER)
+    return _Compiled(pattern, rule, tuple(rule.keywords), rule.kind == OTHER, use_regex, cache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +268,9 @@ class Matcher:
 
     def _parse(self, compiled: _Compiled, message: str) -> Results | None:
         try:
+            whole = compiled.whole
+            if whole is None:
+                whole = compiled.prepare()
             fast = compiled.fast
             if fast is not None:
                 if not fast.confirm:
@@ -262,7 +278,7 @@ class Matcher:
                     return None if m is None else fast.extract(m)
                 if fast.match(message) is None:
                     return None  # exact: a parse action can only refuse more
-            results = compiled.whole.parse_string(message)
+            results = whole.parse_string(message)
             return {name: _text(results, name) for name in NEEDED}
         except pp.ParseBaseException:
             return None

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from popwatch.address import parse_host
+from popwatch.address import parse_host, quad_value
 from popwatch.errors import AddressError, ConfigError
 from popwatch.event import LoginEvent
 
@@ -83,16 +83,32 @@ class Policy:
         self.rules: tuple[NetRule, ...] = tuple(
             r if isinstance(r, NetRule) else NetRule(r) for r in ignore
         )
+        # The rules as integers: (version, network address, netmask, negate).  The test
+        # below is what "addr in network" does, without building an address object per login.
+        self._ints = tuple(
+            (
+                r.network.version,
+                int(r.network.network_address),
+                int(r.network.netmask),
+                r.negate,
+            )
+            for r in self.rules
+        )
 
     def ignored(self, ip: str) -> bool:
         """True when the first rule matching ``ip`` is a positive one (first match wins)."""
-        try:
-            addr = parse_host(ip)
-        except AddressError:
-            return True  # not a host address: never write it (fail closed)
-        for rule in self.rules:
-            if addr.version == rule.network.version and addr in rule.network:
-                return not rule.negate
+        value = quad_value(ip)  # the common case, without building an address object
+        if value is not None:
+            version = 4
+        else:
+            try:
+                addr = parse_host(ip)
+            except AddressError:
+                return True  # not a host address: never write it (fail closed)
+            version, value = addr.version, int(addr)
+        for v, network, mask, negate in self._ints:
+            if v == version and value & mask == network:
+                return not negate
         return False
 
     def stamp(self, event_time: float, now: float) -> int | None:

@@ -8,9 +8,22 @@ DESCRIPTION
 
     Timing (the caller drives it with :meth:`RelayWriter.tick` at :meth:`next_deadline`):
 
-    * leading edge: the first address after a quiet period is flushed at once, so a user who
-      just fetched mail can send within milliseconds;
-    * after that at most one flush per ``flush_interval``; what arrives meanwhile waits;
+    * flush credits (a token bucket): the writer holds at most ``flush_burst`` credits, earns
+      one back every ``flush_interval`` (continuously, up to that cap) and spends one on each
+      flush that changes the table.  A flush is due at once while a credit is there, else at
+      the moment the bucket is back to one credit; what arrives meanwhile waits and goes out
+      in that flush.  So the first address after a quiet period is flushed at once (leading
+      edge), and so is an isolated login soon after it; under a sustained stream flushes come
+      one per ``flush_interval`` after at most ``flush_burst`` immediate ones, so a login
+      waits at most about one interval.  The long-run rate stays one flush per
+      ``flush_interval``: each flush moves the table's mtime to a later whole second (see
+      :mod:`popwatch.store.bdb`), so the mtime never runs more than about ``flush_burst``
+      seconds ahead with the default interval.  ``flush_burst = 1`` is the strict rule "at
+      most one flush per ``flush_interval``, leading edge".  A flush that writes nothing
+      (every address fresh) spends no credit; a flush asked for directly (:meth:`flush`:
+      reload, stop, ``scan``) goes out whatever the credits and leaves none below zero.
+      ``flush_interval = 0`` means every flush is due at once; an infinite one (``scan``)
+      means never by time once the credits are spent;
     * expiry every ``expire_interval`` (and once at start): entries whose stamp is
       ``<= now - lifetime`` are removed in one batch; future-stamped (pinned) entries never
       match that test and stay.  Nothing is locked when there is nothing to remove.
@@ -78,15 +91,19 @@ class RelayWriter:
         *,
         lifetime: float,
         flush_interval: float = 1.0,
+        flush_burst: int = 2,
         refresh: float = 60.0,
         expire_interval: float = 60.0,
         max_pending: int = 100_000,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
     ) -> None:
+        if flush_burst < 1:
+            raise ValueError(f"flush_burst must be at least 1, not {flush_burst}")
         self.store = store
         self.lifetime = lifetime
         self.flush_interval = flush_interval
+        self.flush_burst = flush_burst
         self.refresh = refresh
         self.expire_interval = expire_interval
         self.max_pending = max_pending
@@ -97,7 +114,11 @@ class RelayWriter:
         self._known: dict[str, int] = {}  # stamps we wrote or saw in the table
         self._known_loaded = False  # _known was filled from the whole table
         self._table_id: tuple[int, int] | None = None  # (dev, inode) of the file we wrote
-        self._last_flush: float | None = None  # monotonic time of the last write
+        # Flush credits as of monotonic time _credits_at; they grow by one per flush_interval
+        # from then on, capped at flush_burst.  A full bucket at start: the first flush is due
+        # at once.
+        self._credits = float(flush_burst)
+        self._credits_at = monotonic()
         self._next_expire: float = monotonic()  # expire once at start
         self._retry_at: float | None = None  # set while the store is failing
         self._retry_delay = flush_interval
@@ -107,11 +128,25 @@ class RelayWriter:
     # -- configuration -----------------------------------------------------------------------
 
     def configure(
-        self, *, lifetime: float, flush_interval: float, refresh: float, expire_interval: float
+        self,
+        *,
+        lifetime: float,
+        flush_interval: float,
+        refresh: float,
+        expire_interval: float,
+        flush_burst: int | None = None,
     ) -> None:
-        """New timing after a reload; pending addresses and the cache are kept."""
+        """New timing after a reload; pending addresses, the cache and the flush credits
+        are kept (credits earned so far at the old rate, clamped to the new ``flush_burst``;
+        None keeps the current one)."""
+        if flush_burst is not None and flush_burst < 1:
+            raise ValueError(f"flush_burst must be at least 1, not {flush_burst}")
+        self._settle(self._mono())
         self.lifetime = lifetime
         self.flush_interval = flush_interval
+        if flush_burst is not None:
+            self.flush_burst = flush_burst
+            self._credits = min(self._credits, float(flush_burst))
         self.refresh = refresh
         if expire_interval != self.expire_interval:
             self._next_expire = min(self._next_expire, self._mono() + expire_interval)
@@ -168,9 +203,29 @@ class RelayWriter:
             return None
         if self._retry_at is not None:
             return self._retry_at
-        if self._last_flush is None:
-            return -math.inf  # never flushed: due at once
-        return self._last_flush + self.flush_interval
+        # Computed from the stored credits, not from a fresh clock reading: a time already
+        # past is as good as "at once" to tick(), and the answer does not move between calls.
+        if self._credits >= 1.0 or self.flush_interval <= 0:
+            return -math.inf  # a credit is there: due at once
+        if math.isinf(self.flush_interval):
+            return math.inf  # scan: never by time
+        return self._credits_at + (1.0 - self._credits) * self.flush_interval
+
+    @property
+    def credits(self) -> float:
+        """Flush credits available now (between 0 and ``flush_burst``)."""
+        return self._level(self._mono())
+
+    def _level(self, now: float) -> float:
+        if self.flush_interval <= 0:
+            return float(self.flush_burst)
+        earned = max(0.0, now - self._credits_at) / self.flush_interval  # 0 when infinite
+        return min(float(self.flush_burst), self._credits + earned)
+
+    def _settle(self, now: float) -> None:
+        """Fold the credits earned up to ``now`` into the stored count."""
+        self._credits = self._level(now)
+        self._credits_at = now
 
     def next_deadline(self) -> float:
         """Monotonic time at which :meth:`tick` has work to do."""
@@ -247,7 +302,12 @@ class RelayWriter:
         self.stats.written += len(changed)
         if changed:
             self.stats.flushes += 1
-        self._last_flush = started
+            # Only a flush that changed the table costs a credit (only it moves the mtime and
+            # restarts smtpd).  Spent as of its start: the interval runs from the start of a
+            # flush, not its end.  Never below zero: a flush asked for directly (reload,
+            # stop) delays the next timed one by at most one interval, as the strict rule did.
+            self._settle(started)
+            self._credits = max(0.0, self._credits - 1.0)
         return len(changed)
 
     def _failed(self, err: StoreError) -> None:
@@ -300,8 +360,11 @@ class RelayWriter:
                 "deleted" if ident == (0, 0) else "replaced",
                 len(restore),
             )
-            self._retry_at = None  # due at once, like a first flush
-            self._last_flush = None
+            # Due at once, like a first flush: a new file, whose mtime our earlier flushes
+            # did not move.  One credit, not a full bucket, which is all it needs.
+            self._retry_at = None
+            self._settle(self._mono())
+            self._credits = max(self._credits, 1.0)
         self._table_id = ident
 
     def expire(self) -> int:

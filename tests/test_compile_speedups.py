@@ -152,7 +152,9 @@ def test_lazy_rule_whose_regex_does_not_compile_falls_back_to_pyparsing(
     pattern = Pattern(("d",), (Rule("login", grammar, LOGIN, ("Login",)),), name="p")
     m = Matcher([pattern], clock=lambda: NOW, parser=LineParser(clock=lambda: NOW, tz=UTC))
     (claim,) = m._by_program["d"]
-    assert claim.rules[0].fast is not None
+    assert claim.rules[0].whole is None  # nothing compiled before a line reaches the rule
+    claim.rules[0].prepare()
+    assert claim.rules[0].fast is not None  # translated; re.compile still to come
     with caplog.at_level(logging.DEBUG, logger="popwatch.matcher"):
         event = m.feed_line("Nov 22 09:15:02 h d[7]: Login BoB [192.0.2.1]")
     assert event is not None and (event.ip, event.user) == ("192.0.2.1", "BoB")

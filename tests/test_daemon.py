@@ -289,12 +289,14 @@ def test_sigterm_final_flush_and_exit_0(pw: Popwatch) -> None:
     pw.start()
     pw.append(syslog_line("192.0.2.50"))
     wait_until(lambda: "192.0.2.50" in pw.table(), 5)  # leading edge
-    pw.append(syslog_line("192.0.2.51"))  # waits for the next flush, a minute away
+    pw.append(syslog_line("192.0.2.51"))  # the second flush credit (flush_burst 2): at once
+    wait_until(lambda: "192.0.2.51" in pw.table(), 5)
+    pw.append(syslog_line("192.0.2.52"))  # no credit left: waits for the next, a minute away
     wait_until(lambda: pw.notify.status().get("pending") == 1, 5, message="one address pending")
-    assert "192.0.2.51" not in pw.table()
+    assert "192.0.2.52" not in pw.table()
     pw.signal(signal.SIGTERM)
     assert pw.wait_exit() == 0, pw.stderr()
-    assert set(pw.table()) == {"192.0.2.50", "192.0.2.51"}
+    assert set(pw.table()) == {"192.0.2.50", "192.0.2.51", "192.0.2.52"}
     assert pw.notify.has("STOPPING") is not None
 
 

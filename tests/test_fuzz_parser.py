@@ -41,11 +41,11 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
 from popwatch.address import normalize_host
-from popwatch.daemon import Pipeline
 from popwatch.event import LoginEvent
 from popwatch.grammar import LOGIN, Pattern, Rule
 from popwatch.matcher import Matcher
 from popwatch.patternload import find_pattern_files, load_pattern_file
+from popwatch.pipeline import Pipeline
 from popwatch.policy import Policy
 from popwatch.relaywriter import RelayWriter
 from popwatch.sessions import PendingSessions

@@ -289,10 +289,11 @@ def test_untranslatable_element_falls_back_and_still_matches(
     with pytest.raises(Untranslatable):
         compile_rule(_whole(Rule("kw", grammar, LOGIN)))
     pattern = Pattern(("kwd",), (Rule("kw", grammar, LOGIN, ("Login",)),), name="kwtest")
+    matcher = Matcher([pattern], clock=lambda: CLOCK, report=False)
     with caplog.at_level(logging.DEBUG, logger="popwatch.matcher"):
-        matcher = Matcher([pattern], clock=lambda: CLOCK, report=False)
+        # Rules are compiled when the first line reaches them, not at start-up.
+        event = matcher.feed_line("Nov 22 09:15:02 host kwd[7]: Login alice [192.0.2.10]")
     assert any("kw" in r.getMessage() and "pyparsing" in r.getMessage() for r in caplog.records)
-    event = matcher.feed_line("Nov 22 09:15:02 host kwd[7]: Login alice [192.0.2.10]")
     assert event is not None and event.ip == "192.0.2.10"
     assert matcher.feed_line("Nov 22 09:15:02 host kwd[7]: Loginx alice [192.0.2.10]") is None
 

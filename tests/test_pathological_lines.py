@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 
-from popwatch.daemon import Pipeline, iter_lines
 from popwatch.grammar import Pattern
 from popwatch.matcher import Matcher
 from popwatch.patternload import find_pattern_files, load_pattern_file
+from popwatch.pipeline import Pipeline, iter_lines
 from popwatch.policy import Policy
 from popwatch.relaywriter import RelayWriter
 from popwatch.store.bdb import BdbStore

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from popwatch.errors import ConfigError
 from popwatch.event import LoginEvent
@@ -159,3 +161,50 @@ def test_mynetworks_default_of_real_postconf(tmp_path: Path) -> None:
     (tmp_path / "main.cf").write_text("mynetworks_style = host\n")
     rules = postfix_mynetworks(run_command, ("postconf", "-c", str(tmp_path)))
     assert Policy(rules, 60).ignored("127.0.0.1")
+
+
+# -- the integer test agrees with ipaddress' own membership ---------------------------------
+
+_RULES = [
+    NetRule(ipaddress.ip_network("10.0.0.0/8")),
+    NetRule(ipaddress.ip_network("10.1.2.0/24"), negate=True),
+    NetRule(ipaddress.ip_network("192.0.2.128/25")),
+    NetRule(ipaddress.ip_network("0.0.0.0/0"), negate=True),
+    NetRule(ipaddress.ip_network("2001:db8::/32")),
+    NetRule(ipaddress.ip_network("::1/128")),
+]
+
+
+def _reference(rules: Sequence[NetRule], ip: str) -> bool:
+    """Policy.ignored as it was written before the integer fast path."""
+    from popwatch.address import parse_host
+    from popwatch.errors import AddressError
+
+    try:
+        addr = parse_host(ip)
+    except AddressError:
+        return True
+    for rule in rules:
+        if addr.version == rule.network.version and addr in rule.network:
+            return not rule.negate
+    return False
+
+
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda a: str(a).replace(".", ".0", 1)),  # leading zero
+        st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+        st.sampled_from(["10.1", "10.1.2.3.4", "", "::ffff:10.1.2.3", "1e1.0.0.1", "\u0661.2.3.4"]),
+    ),
+    st.integers(0, len(_RULES)),
+)
+def test_ignored_agrees_with_ipaddress_membership(ip: str, start: int) -> None:
+    rules = _RULES[start:]
+    assert Policy(rules, 60).ignored(ip) == _reference(rules, ip)
+
+
+def test_ignored_fails_closed_on_non_canonical_quads() -> None:
+    p = Policy([], 60)
+    assert p.ignored("010.1.2.3") and p.ignored("256.1.1.1") and p.ignored("1.2.3")
+    assert not p.ignored("10.1.2.3")

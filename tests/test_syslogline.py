@@ -463,3 +463,67 @@ def test_qpopper_trace_shape_needs_its_brackets_and_year() -> None:
     assert p.parse("Nov 22 09:15:02 2026 4242 POP login") is None
     assert p.parse("Nov 22 09:15:02 26 [4242] POP login") is None
     assert p.parse("Feb 30 09:15:02 2026 [4242] POP login") is None  # no such day
+
+
+# -- claimed_lines: the same decision for a whole block at once --------------------------------
+
+
+def _per_line(f: ProgramFilter, lines: list[bytes], max_len: int) -> list[tuple[int, bytes]]:
+    """What claimed_lines must return: unclaimed() line by line, long lines always."""
+    return [(i, d) for i, d in enumerate(lines) if len(d) > max_len or not f.unclaimed(d)]
+
+
+def _ascii_only(lines: list[bytes]) -> list[bytes]:
+    return [d.replace(b"\n", b"").decode("ascii", "ignore").encode() for d in lines]
+
+
+@settings(max_examples=400)
+@given(st.lists(st.one_of(_lines, _near), max_size=12), st.sampled_from([17, 30, 60, 16384]))
+def test_claimed_lines_agrees_with_unclaimed_line_by_line(lines: list[bytes], max_len: int) -> None:
+    lines = _ascii_only(lines)  # blocks are ASCII (the caller checks) and split at LF
+    f = ProgramFilter(CLAIMED)
+    block = b"".join(b"\n" + d for d in lines)
+    claimed, total = f.claimed_lines(block, max_len)
+    assert claimed == _per_line(f, lines, max_len)
+    assert total == len(lines)
+
+
+@given(
+    st.lists(st.one_of(_lines, _near), max_size=8),
+    st.sets(st.sampled_from(["qp", "imapd", "x", "T", "host", "dove", "a.b", "[x"]), min_size=1),
+)
+def test_claimed_lines_agrees_with_short_and_odd_names(lines: list[bytes], names: set[str]) -> None:
+    lines = _ascii_only(lines)
+    f = ProgramFilter(names)
+    block = b"".join(b"\n" + d for d in lines)
+    assert f.claimed_lines(block, 16384)[0] == _per_line(f, lines, 16384)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=6), st.binary(max_size=40))
+def test_claimed_lines_agrees_on_random_ascii(heads: list[bytes], tail: bytes) -> None:
+    lines = _ascii_only(
+        [b"Nov 22 09:15:02 " + h + b"dovecot: " + tail for h in heads]
+        + [h + b" imapd[1]: " + tail for h in heads]
+        + [b"2026-11-22T" + h + b" x " + tail for h in heads]
+    )
+    f = ProgramFilter(CLAIMED)
+    block = b"".join(b"\n" + d for d in lines)
+    assert f.claimed_lines(block, 50)[0] == _per_line(f, lines, 50)
+
+
+def test_claimed_lines_on_a_mail_log_block() -> None:
+    lines = [
+        b"Nov 22 09:15:02 mailhost postfix/smtpd[3069]: connect from unknown[192.0.2.1]",
+        b"Nov 22 09:15:02 mailhost imapd[4242]: Login user=alice host=[192.0.2.10]",
+        b"",
+        b"Nov  2 09:15:02 mailhost postfix/qmgr[42752]: 4F2A1: removed",
+        b"Nov 22 09:15:03 mailhost postfix/smtpd[3069]: " + b"x" * 100,
+        b"Nov 22 09:15:02 pop3-login: Info: Login: user=<a>",
+    ]
+    f = ProgramFilter(CLAIMED)
+    got, total = f.claimed_lines(b"".join(b"\n" + d for d in lines), 100)
+    assert total == len(lines)
+    # the login, the empty line (too short to judge), the long line (for its warning), the
+    # host-less own-log-file line
+    assert [i for i, _ in got] == [1, 2, 4, 5]
+    assert got[0][1] == lines[1]

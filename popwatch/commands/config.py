@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.check:
         sys.stdout.write(to_toml(cfg))
         return EX_OK
-    from popwatch.daemon import load_patterns_for, make_policy
+    from popwatch.pipeline import load_patterns_for, make_policy
 
     patterns = load_patterns_for(cfg)
     policy = make_policy(cfg)

@@ -41,7 +41,7 @@ def _open(name: str) -> BinaryIO:
 
 
 def run(args: argparse.Namespace) -> int:
-    from popwatch import daemon as d
+    from popwatch import pipeline as d
 
     cfg = load(args, overrides(args))
     files: list[tuple[str, BinaryIO]] = []
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
             source = "(stdin)" if name == "-" else name
             before = pipeline.counters.lines, pipeline.counters.logins
             try:
-                batches = d.iter_batches(f, source, cfg.max_line_length, pipeline.counters)
-                for first, lines, ascii in batches:
-                    pipeline.feed_batch(lines, source, first, ascii)
+                blocks = d.iter_blocks(f, source, cfg.max_line_length, pipeline.counters)
+                for block in blocks:
+                    pipeline.feed_block(block, source, cfg.max_line_length)
                     if writer.pending >= FLUSH_EVERY and not writer.flush():
                         raise StoreError(f"{store.path}: cannot write the relay table")
             except OSError as err:

@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from popwatch.commands.common import load as load_config
-from popwatch.daemon import Counters, iter_lines
 from popwatch.errors import UsageError
 from popwatch.event import LoginEvent
 from popwatch.exitcodes import EX_NOINPUT, EX_OK
 from popwatch.grammar import Pattern
 from popwatch.matcher import Matcher
 from popwatch.patternload import find_pattern_files, load_pattern_file, load_patterns
+from popwatch.pipeline import Counters, iter_lines
 
 MAX_MISSED_SHOWN = 10000  # --print-missed keeps at most this many lines (counts stay exact)
 
