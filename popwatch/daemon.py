@@ -1,13 +1,11 @@
-"""The daemon behind ``popwatch run``, and the pipeline it shares with ``popwatch scan``.
+"""The daemon behind ``popwatch run``.
 
 DESCRIPTION
-    :class:`Pipeline` is the one path from a log line to the relay table:
-    bytes -> text (UTF-8; invalid bytes become U+FFFD, one warning per file) ->
-    :class:`popwatch.matcher.Matcher` (syslog header, the program's grammar) ->
-    :class:`popwatch.policy.Policy` (ignored networks, lifetime window, future clamp) ->
-    :class:`popwatch.relaywriter.RelayWriter` (pending map, batched flushes).
+    :class:`Daemon` runs the pipeline of :mod:`popwatch.pipeline` (the one path from a log
+    line to the relay table, shared with ``popwatch scan``) over followed sources until told
+    to stop.
 
-    :class:`Daemon` runs that pipeline over followed sources until told to stop:
+    What it adds to the pipeline:
 
     * sources: the log files (:class:`popwatch.tailer.Tailer`, woken by the inotify-based
       :class:`popwatch.watcher.Watcher`) and, in journal mode, a ``journalctl --follow`` child
