@@ -154,6 +154,9 @@ def _networks(value: object, where: str) -> tuple[Network, ...]:
     return tuple(nets)
 
 
+_MINIMUM: dict[str, int] = {"flush_burst": 1, "max_line_length": 256}  # whole-number keys
+
+
 def _convert(key: str, value: object, where: str) -> Any:
     """Check one key's value and turn it into the Config field's type."""
     if key in ("database", "state_dir"):
@@ -188,17 +191,11 @@ def _convert(key: str, value: object, where: str) -> Any:
     if key in ("journal", "ignore_mynetworks"):
         _want(bool, value, where, "true or false")
         return value
-    if key == "flush_burst":
+    if key in _MINIMUM:
         _want(int, value, where, "a whole number")
         assert isinstance(value, int)
-        if value < 1:
-            raise ConfigError(f"{where}: must be at least 1")
-        return value
-    if key == "max_line_length":
-        _want(int, value, where, "a whole number")
-        assert isinstance(value, int)
-        if value < 256:
-            raise ConfigError(f"{where}: must be at least 256")
+        if value < _MINIMUM[key]:
+            raise ConfigError(f"{where}: must be at least {_MINIMUM[key]}")
         return value
     if key == "log_level":
         if value not in ("debug", "info", "warning", "error"):
