@@ -40,12 +40,12 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
+from popwatch.grammar import ADDRESS_TEXT, LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
 
 
 def _session() -> pp.ParserElement:
     return checked_regex(
-        r"(?P<user>[^\s]+) (?P<ip>[0-9A-Fa-f:.]{2,45}) \d+, \d+ \(\d+\), \d+ \(\d+\)\Z"
+        rf"(?P<user>[^\s]+) (?P<ip>{ADDRESS_TEXT}) \d+, \d+ \(\d+\), \d+ \(\d+\)\Z"
     )
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import pyparsing as pp
 
 from popwatch.grammar import (
+    ADDRESS_TEXT,
     AUTH,
     CONNECT,
     END,
@@ -52,8 +53,6 @@ from popwatch.grammar import (
     check_options,
     checked_regex,
 )
-
-_ADDR = r"[0-9A-Fa-f:.]{2,45}"
 
 
 def _auth() -> pp.ParserElement:
@@ -81,7 +80,8 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
             Rule(
                 "login",
                 checked_regex(
-                    rf"User (?P<user>[^\s'`]\S*) logged in with mailbox \S+ from (?P<ip>{_ADDR})\Z"
+                    rf"User (?P<user>[^\s'`]\S*) logged in with mailbox \S+ "
+                    rf"from (?P<ip>{ADDRESS_TEXT})\Z"
                 ),
                 LOGIN,
                 (" logged in with mailbox ", " from "),
@@ -89,7 +89,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
             ),
             Rule(
                 "connect",
-                checked_regex(rf"connect from (?P<ip>{_ADDR})\Z"),
+                checked_regex(rf"connect from (?P<ip>{ADDRESS_TEXT})\Z"),
                 CONNECT,
                 ("connect from ",),
                 "connect from IP",

@@ -65,6 +65,7 @@ from typing import Any
 import pyparsing as pp
 
 from popwatch.grammar import (
+    ADDRESS_TEXT,
     AUTH,
     CONNECT,
     END,
@@ -83,7 +84,7 @@ _QUSER = r"[`'](?P<user>.*?)'"
 
 
 def _connect() -> pp.ParserElement:
-    return checked_regex(rf"{_SID}[Cc]onnect from (?P<ip>[0-9A-Fa-f:.]{{2,45}})\Z")
+    return checked_regex(rf"{_SID}[Cc]onnect from (?P<ip>{ADDRESS_TEXT})\Z")
 
 
 def pattern(options: Mapping[str, Any]) -> Pattern:

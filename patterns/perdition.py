@@ -63,6 +63,7 @@ from typing import Any
 import pyparsing as pp
 
 from popwatch.grammar import (
+    ADDRESS_TEXT,
     LOGIN,
     OTHER,
     Pattern,
@@ -84,8 +85,7 @@ _PROGRAMS = (
 
 # Address candidates; the exact check is normalize_host() in checked_regex().  The port is the
 # digits after the last colon, so the greedy candidate gives back exactly ":PORT".
-_ADDR = r"[0-9A-Fa-f:.]{2,45}"
-_PORTED = rf"(?P<ip>{_ADDR}):\d{{1,5}}->{_ADDR}:\d{{1,5}}"
+_PORTED = rf"(?P<ip>{ADDRESS_TEXT}):\d{{1,5}}->{ADDRESS_TEXT}:\d{{1,5}}"
 _SECURE = r"(?:ssl|starttls|plaintext)"
 _AUTHZ = r'(?:NONE|"[^"]*")'
 _USER = r'"(?P<user>[^"]*)"'
@@ -120,7 +120,7 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         Rule(
             "login_old",
             checked_regex(
-                rf"Auth: (?P<ip>{_ADDR})->{_ADDR} user={_USER}{_PASSWD} "
+                rf"Auth: (?P<ip>{ADDRESS_TEXT})->{ADDRESS_TEXT} user={_USER}{_PASSWD} "
                 r'server="[^"]*" port="[^"\s]*" status="ok"\Z'
             ),
             LOGIN,
@@ -155,7 +155,9 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         ),
         Rule(
             "connect",
-            pp.Regex(rf"Connect: {_ADDR}:\d{{1,5}}->{_ADDR}:\d{{1,5}}(?: inetd_pid=\d+)?\Z"),
+            pp.Regex(
+                rf"Connect: {ADDRESS_TEXT}:\d{{1,5}}->{ADDRESS_TEXT}:\d{{1,5}}(?: inetd_pid=\d+)?\Z"
+            ),
             OTHER,
             ("Connect: ",),
             "a connection (not a login)",

@@ -48,6 +48,7 @@ from typing import Any
 import pyparsing as pp
 
 from popwatch.grammar import (
+    ADDRESS_TEXT,
     CONNECT,
     OTHER,
     Pattern,
@@ -61,7 +62,7 @@ _PROGRAMS = ("pop3d", "imap4d", "gnu-pop3d", "vm-pop3d")
 
 
 def _connect() -> pp.ParserElement:
-    return checked_regex(r"connect from (?P<ip>[0-9A-Fa-f:.]{2,45})\Z")
+    return checked_regex(rf"connect from (?P<ip>{ADDRESS_TEXT})\Z")
 
 
 def pattern(options: Mapping[str, Any]) -> Pattern:

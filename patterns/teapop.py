@@ -44,9 +44,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from popwatch.grammar import LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
-
-_ADDR = r"[0-9A-Fa-f:.]{2,45}"
+from popwatch.grammar import ADDRESS_TEXT, LOGIN, OTHER, Pattern, Rule, check_options, checked_regex
 
 
 def _checked_teapop(regex: str) -> pp.ParserElement:
@@ -58,10 +56,10 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
     check_options(options, {})
     # The greedy user text backs off to the last place where the daemon's strict tail fits.
     login = _checked_teapop(
-        rf"Successful login for (?P<user>.+) \[(?P<local>{_ADDR})\] from [A-Za-z0-9_.:-]+ "
-        rf"\[(?P<ip>{_ADDR})\]\Z"
+        rf"Successful login for (?P<user>.+) \[(?P<local>{ADDRESS_TEXT})\] from [A-Za-z0-9_.:-]+ "
+        rf"\[(?P<ip>{ADDRESS_TEXT})\]\Z"
     )
-    login_old = _checked_teapop(rf"Successful login for (?P<user>.+) \[(?P<ip>{_ADDR})\]\Z")
+    login_old = _checked_teapop(rf"Successful login for (?P<user>.+) \[(?P<ip>{ADDRESS_TEXT})\]\Z")
     return Pattern(
         programs=("teapop", "teapop_ssl"),
         rules=(

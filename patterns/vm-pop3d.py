@@ -45,6 +45,7 @@ from typing import Any
 import pyparsing as pp
 
 from popwatch.grammar import (
+    ADDRESS_TEXT,
     AUTH,
     CONNECT,
     END,
@@ -55,8 +56,6 @@ from popwatch.grammar import (
     check_options,
     checked_regex,
 )
-
-_ADDR = r"[0-9A-Fa-f:.]{2,45}"
 
 
 def _checked(regex: str) -> pp.ParserElement:
@@ -84,14 +83,14 @@ def pattern(options: Mapping[str, Any]) -> Pattern:
         rules=(
             Rule(
                 "login",
-                _checked(rf"User (?P<user>\S+) logged in from (?P<ip>{_ADDR})\Z"),
+                _checked(rf"User (?P<user>\S+) logged in from (?P<ip>{ADDRESS_TEXT})\Z"),
                 LOGIN,
                 (" logged in from ",),
                 "User USER logged in from IP",
             ),
             Rule(
                 "connect",
-                _checked(rf"Connect from (?P<ip>{_ADDR})\Z"),
+                _checked(rf"Connect from (?P<ip>{ADDRESS_TEXT})\Z"),
                 CONNECT,
                 ("Connect from ",),
                 "Connect from IP (older vm-pop3d)",

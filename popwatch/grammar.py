@@ -150,8 +150,11 @@ def check_options(options: Mapping[str, Any], known: Mapping[str, type]) -> dict
 # ---------------------------------------------------------------------------------------------
 
 _IPV4_RE: Final = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+# Text shaped like an IPv4 or IPv6 address, for a named group of a checked_regex (which
+# validates and normalizes what it captures): the characters of both forms, 2 to 45 of them.
+ADDRESS_TEXT: Final = r"[0-9A-Fa-f:.]{2,45}"
 # Candidate IPv6 text (validated by ipaddress afterwards); must contain a colon.
-_IPV6_RE: Final = r"(?=[0-9A-Fa-f:.]*:)[0-9A-Fa-f:.]{2,45}"
+_IPV6_RE: Final = r"(?=[0-9A-Fa-f:.]*:)" + ADDRESS_TEXT
 
 
 def _validate_ip(s: str, loc: int, toks: pp.ParseResults) -> str:
@@ -310,7 +313,8 @@ def checked_regex(regex: str, *, also_addresses: tuple[str, ...] = ()) -> pp.Par
     (normalized in the results; anything else makes the rule not match).  Groups named in
     ``also_addresses`` must be host addresses too (checked, left as written).  For daemons
     whose line is simplest written as one anchored regex; the regex must still take the
-    address only from the daemon's own field."""
+    address only from the daemon's own field.  ``ADDRESS_TEXT`` is the usual body of the
+    ``ip`` group: ``rf"from (?P<ip>{ADDRESS_TEXT})\\Z"``."""
     el = pp.Regex(regex)
 
     def check(s: str, loc: int, toks: pp.ParseResults) -> None:

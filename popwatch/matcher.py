@@ -165,10 +165,6 @@ class _Compiled:
 Results = dict[str, str | None]  # "ip", "user", "pid" -> text as pyparsing gives it
 
 
-def _compile(pattern: str, rule: Rule, use_regex: bool, cache: RenameCache) -> _Compiled:
-    return _Compiled(pattern, rule, tuple(rule.keywords), rule.kind == OTHER, use_regex, cache)
-
-
 @dataclass(frozen=True, slots=True)
 class _Claim:
     hosts: frozenset[str]
@@ -206,7 +202,12 @@ class Matcher:
         for p in self.patterns:
             claim = _Claim(
                 frozenset(p.hosts),
-                tuple(_compile(p.name, r, compile_grammars, cache) for r in p.rules),
+                tuple(
+                    _Compiled(
+                        p.name, r, tuple(r.keywords), r.kind == OTHER, compile_grammars, cache
+                    )
+                    for r in p.rules
+                ),
             )
             for program in dict.fromkeys(p.programs):
                 self._by_program.setdefault(program, []).append(claim)

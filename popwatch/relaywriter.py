@@ -69,6 +69,11 @@ _WARN_EVERY = 60.0  # seconds between repeated warnings while the table stays un
 _MAX_RETRY = 30.0  # longest wait between retries of a failing flush
 
 
+def _check_burst(flush_burst: int) -> None:
+    if flush_burst < 1:
+        raise ValueError(f"flush_burst must be at least 1, not {flush_burst}")
+
+
 @dataclass
 class WriterStats:
     """Counters for STATUS= and ``scan -v``."""
@@ -98,8 +103,7 @@ class RelayWriter:
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
     ) -> None:
-        if flush_burst < 1:
-            raise ValueError(f"flush_burst must be at least 1, not {flush_burst}")
+        _check_burst(flush_burst)
         self.store = store
         self.lifetime = lifetime
         self.flush_interval = flush_interval
@@ -139,8 +143,8 @@ class RelayWriter:
         """New timing after a reload; pending addresses, the cache and the flush credits
         are kept (credits earned so far at the old rate, clamped to the new ``flush_burst``;
         None keeps the current one)."""
-        if flush_burst is not None and flush_burst < 1:
-            raise ValueError(f"flush_burst must be at least 1, not {flush_burst}")
+        if flush_burst is not None:
+            _check_burst(flush_burst)
         self._settle(self._mono())
         self.lifetime = lifetime
         self.flush_interval = flush_interval

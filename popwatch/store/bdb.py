@@ -60,8 +60,9 @@ DESCRIPTION
     The mtime rule puts the file's mtime ahead of the clock when many changes are flushed
     within one second: one second per flush (250 single ``put`` calls in 2 s leave it about
     four minutes ahead).  The daemon flushes once per ``flush_interval`` on average (at most
-    ``flush_burst`` flushes closer together), so it keeps the mtime within a few seconds; bulk changes should use one ``batch()`` (``popwatch load
-    --merge``), not a loop of ``popwatch add``.  While the mtime is ahead, a change by
+    ``flush_burst`` flushes closer together), so it keeps the mtime within a few seconds;
+    bulk changes should use one ``batch()`` (``popwatch load --merge``), not a loop of
+    ``popwatch add``.  While the mtime is ahead, a change by
     another program (``postmap -d``) sets it back to the present, which an MTA that only
     looks for a *newer* mtime may not notice until popwatch's next flush.
 
